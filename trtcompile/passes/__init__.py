@@ -1,0 +1,53 @@
+"""Graph rewrites, one per module, each `def name(graph: gs.Graph, ctx: PassContext) -> gs.Graph`.
+
+PIPELINE is the order, written out once. A pass records what it matched and what it declined (and
+why) in `ctx.report`; `run_pipeline` times each pass and returns the reports for the manifest.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Callable
+
+import onnx_graphsurgeon as gs
+
+from trtcompile.passes.context import ModelInfo, PassContext
+from trtcompile.passes.fold_constants import fold_constants
+from trtcompile.passes.report import PassReport
+
+log = logging.getLogger("trtcompile.passes")
+
+Pass = Callable[[gs.Graph, PassContext], gs.Graph]
+
+PIPELINE: list[Pass] = [
+    fold_constants,
+]
+
+__all__ = ["PIPELINE", "ModelInfo", "PassContext", "PassReport", "run_pipeline"]
+
+
+def run_pipeline(graph: gs.Graph, ctx: PassContext, passes: list[Pass] | None = None,
+                 on_pass: Callable[[str], None] | None = None) -> tuple[gs.Graph, list[PassReport]]:
+    """Run the passes in order (skipping ctx.settings.disabled_passes); return graph and reports."""
+    from trtcompile.graph_check import check_graph
+
+    reports = []
+    for fn in PIPELINE if passes is None else passes:
+        if fn.__name__ in ctx.settings.disabled_passes:
+            continue
+        if on_pass is not None:
+            on_pass(fn.__name__)
+        ctx.report = PassReport(fn.__name__, nodes_before=len(graph.nodes))
+        start = time.perf_counter()
+        graph = fn(graph, ctx)
+        graph.cleanup().toposort()
+        ctx.report.seconds = time.perf_counter() - start
+        ctx.report.nodes_after = len(graph.nodes)
+        if ctx.report.matched or ctx.report.declined:
+            log.info("%s: matched %d, declined %d", fn.__name__, len(ctx.report.matched),
+                     len(ctx.report.declined))
+        if ctx.settings.check_each_pass:
+            check_graph(graph, after=fn.__name__)
+        reports.append(ctx.report)
+    return graph, reports

@@ -1,0 +1,35 @@
+"""ONNX Runtime backend: the package's model.onnx, for machines without TensorRT or a GPU.
+
+Runs exactly the graph that TensorRT is given, so it is also how a package is verified here.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from trtcompile.runtime.manifest import Manifest, PackageError
+from trtcompile.runtime.shapes import Bucket
+
+
+class OnnxRuntimeBackend:
+    name = "onnxruntime"
+
+    def __init__(self, manifest: Manifest, *, providers: list[str] | None = None, threads: int | None = None):
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise PackageError("backend 'onnxruntime' needs the onnxruntime package: "
+                               "pip install onnxruntime") from exc
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        opts.log_severity_level = 3
+        self.session = ort.InferenceSession(str(manifest.path(manifest.data.get("model_file", "model.onnx"))),
+                                            opts, providers=providers or ["CPUExecutionProvider"])
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def run(self, feeds: dict[str, np.ndarray], bucket: Bucket) -> dict[str, np.ndarray]:
+        return dict(zip(self.output_names, self.session.run(self.output_names, feeds)))
+
+    def close(self) -> None:
+        self.session = None

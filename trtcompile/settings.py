@@ -1,0 +1,73 @@
+"""Every option of every stage, as frozen dataclasses with the defaults in one place.
+
+The CLI maps its options onto these and nothing else; library code takes these and nothing else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+HARDWARE_COMPATIBILITY = ("none", "ampere_plus", "same_compute_capability")
+
+
+@dataclass(frozen=True)
+class ExportSettings:
+    # Opset 23 is the first with ONNX Attention/RMSNormalization/RotaryEmbedding, which the dynamo
+    # exporter then emits itself and TensorRT >= 10.15 imports natively.
+    opset: int = 23
+    # The dynamo exporter is the supported path; the legacy TorchScript exporter is kept for
+    # models dynamo cannot trace (it caps at opset 20).
+    dynamo: bool = True
+    # Let the dynamo exporter run its own onnxscript optimizer (fusions included).
+    exporter_optimize: bool = True
+
+
+@dataclass(frozen=True)
+class OptimizeSettings:
+    precision: str = "fp32"
+    # Names of passes (function names in passes.PIPELINE) to skip.
+    disabled_passes: tuple[str, ...] = ()
+    # Run the structural graph check after every pass (tests turn this on; it costs a checker run).
+    check_each_pass: bool = False
+    # Keep graph inputs/outputs in FP32 when converting to a lower precision.
+    keep_io_fp32: bool = True
+
+
+@dataclass(frozen=True)
+class CalibrationSettings:
+    data: Path | None = None  # .npz of input arrays, or a text file (with the model's tokenizer)
+    method: str = "entropy"
+    percentile: float = 99.99
+    num_samples: int = 64
+    smoothquant_alpha: float | None = None
+    accuracy_target: float | None = None
+
+
+@dataclass(frozen=True)
+class BuildSettings:
+    # TensorRT builder optimization level, 0..5 (TensorRT's default is 3).
+    optimization_level: int = 3
+    workspace_mib: int | None = None
+    timing_cache: Path | None = None
+    hardware_compatibility: str = "none"
+    version_compatible: bool = False
+    exclude_lean_runtime: bool = False
+    max_aux_streams: int | None = None
+    # Fail when no engine can be built (no TensorRT or no GPU), instead of packaging without one.
+    require_engine: bool = False
+
+
+@dataclass(frozen=True)
+class VerifySettings:
+    # Max abs error allowed per output, by precision; cosine similarity floor for float outputs.
+    atol: dict[str, float] = field(
+        default_factory=lambda: {"fp32": 1e-4, "fp16": 5e-2, "bf16": 2e-1, "int8": 5e-1}
+    )
+    min_cosine: dict[str, float] = field(
+        default_factory=lambda: {"fp32": 0.99999, "fp16": 0.999, "bf16": 0.99, "int8": 0.99}
+    )
+    seed: int = 0
+    enabled: bool = True
