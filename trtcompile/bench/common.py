@@ -1,0 +1,65 @@
+"""Timing and table printing shared by the benchmarks."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Timing:
+    median_ms: float
+    p99_ms: float
+    mean_ms: float
+    iters: int
+
+    def ratio_to(self, base: "Timing") -> float:
+        return self.median_ms / base.median_ms
+
+
+def time_fn(fn: Callable[[], object], *, warmup: int = 5, iters: int = 50, max_seconds: float = 20.0) -> Timing:
+    """Median and p99 wall time of fn() in ms, after warmup; stops early after max_seconds."""
+    for _ in range(warmup):
+        fn()
+    samples = []
+    deadline = time.perf_counter() + max_seconds
+    for _ in range(iters):
+        start = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - start) * 1e3)
+        if time.perf_counter() > deadline and len(samples) >= 5:
+            break
+    arr = np.asarray(samples)
+    return Timing(float(np.median(arr)), float(np.percentile(arr, 99)), float(arr.mean()), len(samples))
+
+
+def print_table(title: str, columns: list[str], rows: list[list], *, note: str | None = None) -> None:
+    """A rich table when rich is installed, plain aligned text otherwise."""
+    cells = [[_fmt(c) for c in row] for row in rows]
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:
+        widths = [max(len(str(c)) for c in col) for col in zip(columns, *cells)]
+        print(title)
+        print("  ".join(str(c).ljust(w) for c, w in zip(columns, widths)))
+        for row in cells:
+            print("  ".join(c.ljust(w) for c, w in zip(row, widths)))
+        if note:
+            print(note)
+        return
+    table = Table(title=title, caption=note)
+    for i, col in enumerate(columns):
+        table.add_column(col, justify="left" if i == 0 else "right")
+    for row in cells:
+        table.add_row(*row)
+    Console(width=160).print(table)
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}" if abs(value) < 1000 else f"{value:.0f}"
+    return str(value)
