@@ -1,0 +1,275 @@
+"""The `trtcompile` command. Each command parses options, calls the library, prints.
+
+Heavy imports (torch, onnx, tensorrt) happen inside the commands, so `--help` is instant and works
+on a machine with none of them installed.
+"""
+
+from __future__ import annotations
+
+import functools
+import signal
+import sys
+from pathlib import Path
+
+import click
+
+from trtcompile import __version__
+
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+
+
+def _options(*decorators):
+    def apply(fn):
+        for deco in reversed(decorators):
+            fn = deco(fn)
+        return fn
+    return apply
+
+
+export_options = _options(
+    click.option("--profile", type=click.Path(path_type=Path), help="Profile YAML (shapes and buckets); "
+                 "default: derived from the model's config."),
+    click.option("--opset", type=int, default=23, show_default=True, help="ONNX opset (>= 18 with dynamo)."),
+    click.option("--legacy-exporter", is_flag=True, help="Use the TorchScript exporter (opset <= 20)."),
+)
+optimize_options = _options(
+    click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True),
+    click.option("--disable-pass", "disabled_passes", multiple=True, metavar="NAME",
+                 help="Skip a pass (repeatable); `trtcompile inspect` lists pass names."),
+    click.option("--keep-io-fp32/--no-keep-io-fp32", default=True, show_default=True,
+                 help="Keep graph inputs/outputs FP32 at lower precision."),
+    click.option("--calibration-data", type=click.Path(path_type=Path),
+                 help="INT8: .npz of inputs, or a text file (tokenized with the model's tokenizer)."),
+    click.option("--calibration-method", type=click.Choice(("minmax", "percentile", "entropy")),
+                 default="entropy", show_default=True),
+    click.option("--calibration-samples", type=int, default=64, show_default=True),
+    click.option("--smoothquant-alpha", type=float, help="INT8: SmoothQuant migration strength (e.g. 0.5)."),
+    click.option("--accuracy-target", type=float,
+                 help="INT8: minimum cosine (encoders) / top-1 agreement (LMs); sensitive layers fall back."),
+)
+build_options = _options(
+    click.option("--opt-level", type=click.IntRange(0, 5), default=3, show_default=True,
+                 help="TensorRT builder optimization level."),
+    click.option("--workspace", "workspace_mib", type=int, help="Workspace limit in MiB."),
+    click.option("--timing-cache", type=click.Path(path_type=Path), help="Timing cache to reuse and update."),
+    click.option("--hardware-compat", type=click.Choice(("none", "ampere_plus", "same_compute_capability")),
+                 default="none", show_default=True),
+    click.option("--version-compatible", is_flag=True, help="Engines that run on later TensorRT (lean runtime)."),
+    click.option("--exclude-lean-runtime", is_flag=True, help="With --version-compatible: do not embed the lean runtime."),
+    click.option("--require-engine", is_flag=True, help="Fail when no TensorRT engine can be built here."),
+)
+
+
+def export_settings(opset, legacy_exporter, **_):
+    from trtcompile.settings import ExportSettings
+
+    return ExportSettings(opset=opset, dynamo=not legacy_exporter)
+
+
+def optimize_settings(precision, disabled_passes, keep_io_fp32, **_):
+    from trtcompile.settings import OptimizeSettings
+
+    return OptimizeSettings(precision=precision, disabled_passes=tuple(disabled_passes), keep_io_fp32=keep_io_fp32)
+
+
+def calibration_settings(calibration_data, calibration_method, calibration_samples, smoothquant_alpha,
+                         accuracy_target, **_):
+    from trtcompile.settings import CalibrationSettings
+
+    return CalibrationSettings(data=calibration_data, method=calibration_method, num_samples=calibration_samples,
+                               smoothquant_alpha=smoothquant_alpha, accuracy_target=accuracy_target)
+
+
+def build_settings(opt_level, workspace_mib, timing_cache, hardware_compat, version_compatible,
+                   exclude_lean_runtime, require_engine, **_):
+    from trtcompile.settings import BuildSettings
+
+    return BuildSettings(optimization_level=opt_level, workspace_mib=workspace_mib, timing_cache=timing_cache,
+                         hardware_compatibility=hardware_compat, version_compatible=version_compatible,
+                         exclude_lean_runtime=exclude_lean_runtime, require_engine=require_engine)
+
+
+def user_errors(fn):
+    """User errors print as one message and exit 1; no traceback."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from trtcompile.errors import UserError
+        from trtcompile.runtime import InputError, PackageError
+
+        try:
+            return fn(*args, **kwargs)
+        except (UserError, PackageError, InputError) as exc:
+            click.secho(f"error: {exc}", fg="red", err=True)
+            sys.exit(1)
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="trtcompile")
+def cli():
+    """Compile PyTorch transformers to TensorRT engines, and run them.
+
+    \b
+    trtcompile compile MODEL -o OUT     export, optimize, build, package, verify
+    trtcompile inspect OUT              what is in a package
+    trtcompile run OUT                  run it (TensorRT, or ONNX Runtime without a GPU)
+    """
+
+
+@cli.command()
+@click.argument("model")
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Package directory.")
+@export_options
+@optimize_options
+@build_options
+@click.option("--no-verify", is_flag=True, help="Skip the accuracy check against the original model.")
+@click.option("--atol", type=float, help="Verification tolerance (max abs, scaled by max(1, |reference|)).")
+@click.option("-q", "--quiet", is_flag=True)
+@user_errors
+def compile(model, output, no_verify, atol, quiet, **options):
+    """Compile MODEL (HF checkpoint dir, file.py:factory, or .onnx) into a package at OUTPUT."""
+    from trtcompile.compile import compile_package
+    from trtcompile.progress import Progress
+    from trtcompile.settings import VerifySettings
+
+    verify = VerifySettings(enabled=not no_verify)
+    if atol is not None:
+        verify = VerifySettings(atol={**verify.atol, options["precision"]: atol}, enabled=not no_verify)
+    manifest = compile_package(
+        model, output, profile_path=options["profile"], export=export_settings(**options),
+        optimize=optimize_settings(**options), calibration=calibration_settings(**options),
+        build=build_settings(**options), verify=verify, progress=Progress(quiet=quiet))
+    engines = len(manifest.engines)
+    click.echo(f"wrote {output} ({engines} engine{'s' * (engines != 1)}, {len(manifest.buckets)} bucket(s), "
+               f"{manifest.precision})")
+
+
+@cli.command()
+@click.argument("model")
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="ONNX file to write.")
+@export_options
+@user_errors
+def export(model, output, **options):
+    """Export MODEL to ONNX, with the profile's dynamic axes."""
+    from trtcompile.compile import export_stage
+    from trtcompile.onnx_io import save_model
+    from trtcompile.progress import Progress
+
+    _, onnx_model = export_stage(model, options["profile"], export_settings(**options), Progress())
+    save_model(onnx_model, output)
+    click.echo(f"wrote {output}")
+
+
+@cli.command()
+@click.argument("onnx_file", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="ONNX file to write.")
+@optimize_options
+@user_errors
+def optimize(onnx_file, output, **options):
+    """Run the rewrite passes (and precision) on an exported ONNX file."""
+    from trtcompile.compile import optimize_stage
+    from trtcompile.onnx_io import load_model, save_model
+    from trtcompile.progress import Progress
+
+    result = optimize_stage(load_model(onnx_file), optimize_settings(**options), calibration_settings(**options),
+                            Progress())
+    for report in result.reports:
+        if report.matched or report.declined:
+            click.echo(f"  {report.name}: fused {len(report.matched)}, declined {len(report.declined)}")
+    save_model(result.model, output)
+    click.echo(f"wrote {output}")
+
+
+@cli.command()
+@click.argument("onnx_file", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Package directory.")
+@build_options
+@user_errors
+def build(onnx_file, output, **options):
+    """Build TensorRT engines for an optimized ONNX file and package them."""
+    from trtcompile.compile import package_stage
+    from trtcompile.onnx_io import load_model
+    from trtcompile.progress import Progress
+
+    manifest = package_stage(load_model(onnx_file), output, reports=[], warnings=[],
+                             build=build_settings(**options), progress=Progress())
+    click.echo(f"wrote {output} ({len(manifest.engines)} engine(s))")
+
+
+@cli.command()
+@click.argument("package", type=click.Path(path_type=Path))
+@click.option("--source", help="The original model, if it moved since compile.")
+@click.option("--backend", type=click.Choice(("onnxruntime", "tensorrt")), default="onnxruntime", show_default=True)
+@user_errors
+def verify(package, source, backend):
+    """Compare a package against its original model on every bucket."""
+    from trtcompile.compile import verify_stage
+    from trtcompile.export import load_source
+    from trtcompile.progress import Progress
+    from trtcompile.runtime.manifest import read_manifest
+    from trtcompile.settings import VerifySettings
+
+    manifest = read_manifest(package)
+    report = verify_stage(package, load_source(source or manifest.data["model"]["source"]).reference,
+                          manifest.precision, VerifySettings(), Progress(), backend=backend)
+    click.echo(f"passed on {len(report['cases'])} shapes")
+
+
+@cli.command()
+@click.argument("target", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the whole manifest as JSON.")
+@click.option("--passes", "show_passes", is_flag=True, help="List every match and decline of every pass.")
+@user_errors
+def inspect(target, as_json, show_passes):
+    """Show a package (manifest, op histogram, buckets, engines, fusion report) or an ONNX file."""
+    from trtcompile.inspect import describe
+
+    click.echo(describe(target, as_json=as_json, show_passes=show_passes))
+
+
+@cli.command()
+@click.argument("package", type=click.Path(path_type=Path))
+@click.option("--inputs", type=click.Path(path_type=Path), help=".npz with one array per input.")
+@click.option("--dim", "dims", multiple=True, metavar="NAME=VALUE",
+              help="Generate inputs with these dimension values (default: the first bucket's opt).")
+@click.option("--backend", type=click.Choice(("auto", "tensorrt", "onnxruntime")), default="auto", show_default=True)
+@click.option("--save", type=click.Path(path_type=Path), help="Write the outputs to this .npz.")
+@click.option("--iterations", type=int, default=1, show_default=True, help="Repeat and print latency.")
+@user_errors
+def run(package, inputs, dims, backend, save, iterations):
+    """Run a package on inputs from an .npz file, or generated ones."""
+    from trtcompile.run_command import run_package
+
+    click.echo(run_package(package, inputs, dims, backend, save, iterations))
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.argument("name", type=click.Choice(("runtime", "passes", "precision", "generate")))
+@click.pass_context
+@user_errors
+def bench(ctx, name):
+    """Benchmarks: runtime (MiniLM latency), passes, precision, generate. Extra args go to the benchmark."""
+    import importlib
+
+    importlib.import_module(f"trtcompile.bench.{name}").main(ctx.args)
+
+
+def _register_optional_commands():
+    try:
+        from trtcompile.cli_generate import generate
+    except ImportError:
+        return
+    cli.add_command(generate)
+
+
+_register_optional_commands()
+
+
+def main():
+    # A SIGTERM (e.g. a CI timeout) unwinds like Ctrl-C, so a half-written package is removed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    cli()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,166 @@
+"""A local Hugging Face checkpoint directory as the source. Never downloads anything.
+
+The architecture in config.json decides the task: `*ForCausalLM`/`*LMHeadModel` give logits with a
+KV cache (export/kv_cache.py), vision configs give patch embeddings from pixel values, everything
+else is an encoder giving its last hidden state.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from trtcompile.errors import UserError
+from trtcompile.export.source import Source, hash_files
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
+                   "vocab.json", "merges.txt", "tokenizer.model", "added_tokens.json")
+
+
+def read_config(directory: Path) -> dict:
+    path = directory / "config.json"
+    if not path.is_file():
+        raise UserError(f"{str(directory)!r} has no config.json, so it is not a Hugging Face checkpoint",
+                        hint="point at the directory that save_pretrained() wrote (config.json + weights)")
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{str(path)!r} is not valid JSON: {exc}", hint="repair or re-save the checkpoint") from exc
+    if not isinstance(config, dict) or "model_type" not in config:
+        raise UserError(f"{str(path)!r} has no 'model_type'", hint="re-save the checkpoint with save_pretrained()")
+    return config
+
+
+def task_of(config: dict) -> str:
+    archs = config.get("architectures") or []
+    if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs):
+        return "causal-lm"
+    if "pixel_values" in str(config.get("main_input_name", "")) or ("image_size" in config and "num_channels" in config):
+        return "vision-encoder"
+    return "encoder"
+
+
+def load_hf_source(directory: Path) -> Source:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the hub, even by accident
+    config = read_config(directory)
+    weights = [directory / f for f in WEIGHT_FILES if (directory / f).is_file()]
+    if not weights:
+        raise UserError(f"{str(directory)!r} has config.json but no weights",
+                        hint=f"expected one of {', '.join(WEIGHT_FILES)}; re-save with save_pretrained()")
+    task = task_of(config)
+    try:
+        import transformers
+    except ImportError as exc:
+        raise UserError("loading a Hugging Face checkpoint needs transformers: pip install transformers") from exc
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    # SDPA exports as ONNX Attention at opset 23; eager stays MatMul/Softmax for the fusion pass.
+    attn = config.get("_attn_implementation") or "sdpa"
+    loader = {"causal-lm": transformers.AutoModelForCausalLM}.get(task, transformers.AutoModel)
+    try:
+        model = loader.from_pretrained(str(directory), local_files_only=True, attn_implementation=attn).eval()
+    except Exception as exc:  # transformers raises many types for a bad checkpoint
+        raise UserError(f"could not load the checkpoint {str(directory)!r}: {str(exc).splitlines()[0]}",
+                        hint="check config.json and the weight files (re-save with save_pretrained())") from exc
+    model.float()
+
+    tokenizer_dir = directory if any((directory / f).is_file() for f in TOKENIZER_FILES) else None
+    source = Source(kind="hf", spec=str(directory), name=directory.resolve().name, task=task,
+                    input_names=[], output_names=[], example_inputs={}, config=config,
+                    tokenizer_dir=tokenizer_dir,
+                    sha256=hash_files([directory / "config.json", *weights]))
+    if task == "causal-lm":
+        _as_causal_lm(source, model, config)
+    elif task == "vision-encoder":
+        _as_vision_encoder(source, model, config)
+    else:
+        _as_encoder(source, model, config)
+    return source
+
+
+def _as_encoder(source: Source, model, config: dict) -> None:
+    import inspect
+
+    import torch
+
+    params = inspect.signature(model.forward).parameters
+    names = ["input_ids", "attention_mask"] + (["token_type_ids"] if "token_type_ids" in params else [])
+
+    class Encoder(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, **inputs):
+            return (self.inner(**inputs).last_hidden_state,)
+
+    batch, seq = 2, 16
+    vocab = int(config.get("vocab_size") or 2)
+    examples = {"input_ids": torch.randint(0, vocab, (batch, seq)),
+                "attention_mask": torch.ones(batch, seq, dtype=torch.int64),
+                "token_type_ids": torch.zeros(batch, seq, dtype=torch.int64)}
+    source.module = Encoder(model).eval()
+    source.input_names = names
+    source.output_names = ["last_hidden_state"]
+    source.example_inputs = {n: examples[n] for n in names}
+    source.value_ranges = {"input_ids": (0, vocab), "attention_mask": (0, 2),
+                           "token_type_ids": (0, int(config.get("type_vocab_size") or 1))}
+    max_len = _max_positions(config)
+    source.default_profile = lambda: _encoder_profile(names, max_len)
+
+
+def _as_vision_encoder(source: Source, model, config: dict) -> None:
+    import torch
+
+    class Vision(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, pixel_values):
+            return (self.inner(pixel_values=pixel_values).last_hidden_state,)
+
+    size, channels = int(config["image_size"]), int(config.get("num_channels", 3))
+    source.module = Vision(model).eval()
+    source.input_names = ["pixel_values"]
+    source.output_names = ["last_hidden_state"]
+    source.example_inputs = {"pixel_values": torch.randn(2, channels, size, size)}
+    source.default_profile = lambda: {
+        "inputs": {"pixel_values": ["batch", "_", "_", "_"]},
+        "buckets": {"small": {"batch": [1, 1, 4]}, "large": {"batch": [1, 16, 32]}},
+    }
+
+
+def _as_causal_lm(source: Source, model, config: dict) -> None:
+    from trtcompile.export.kv_cache import causal_lm_io
+
+    io = causal_lm_io(model, config)
+    source.module = io.module
+    source.input_names = io.input_names
+    source.output_names = io.output_names
+    source.example_inputs = io.example_inputs
+    source.known_shapes = io.shapes
+    source.manifest_extra = io.manifest_extra
+    vocab = int(config.get("vocab_size") or 2)
+    source.value_ranges = {"input_ids": (0, vocab), "attention_mask": (0, 2)}
+    source.default_profile = lambda: io.default_profile(config)
+
+
+def _max_positions(config: dict) -> int:
+    for key in ("max_position_embeddings", "n_positions", "max_seq_len"):
+        if config.get(key):
+            # RoBERTa reserves padding_idx + 1 positions at the front.
+            offset = (config.get("pad_token_id") or 0) + 1 if config.get("model_type") in ("roberta", "xlm-roberta") else 0
+            return min(int(config[key]) - offset, 4096)
+    return 512
+
+
+def _encoder_profile(names: list[str], max_len: int) -> dict:
+    short = min(128, max_len)
+    buckets = {"short": {"batch": [1, 1, 8], "sequence": [1, min(64, short), short]}}
+    if max_len > short:
+        buckets["long"] = {"batch": [1, 1, 8], "sequence": [1, min(256, max_len), max_len]}
+    return {"inputs": {n: ["batch", "sequence"] for n in names}, "buckets": buckets}

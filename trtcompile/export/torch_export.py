@@ -1,0 +1,108 @@
+"""torch -> ONNX with named inputs/outputs and the profile's dynamic axes.
+
+The dynamo exporter is the default. At opset 23 it already emits ONNX `Attention` for SDPA;
+opset 17 is broken in dynamo (environment.md), so the floor is 18. The legacy TorchScript exporter
+stays available for models dynamo cannot trace; it caps at opset 20.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import warnings
+from contextlib import redirect_stderr, redirect_stdout
+
+import onnx
+
+from trtcompile.errors import UserError
+from trtcompile.export.source import Source
+from trtcompile.settings import ExportSettings
+
+MIN_DYNAMO_OPSET = 18
+MAX_LEGACY_OPSET = 20
+
+
+def export_module(source: Source, shapes: dict[str, list], settings: ExportSettings) -> onnx.ModelProto:
+    import torch
+
+    if settings.dynamo and settings.opset < MIN_DYNAMO_OPSET:
+        raise UserError(f"--opset {settings.opset} is below {MIN_DYNAMO_OPSET}, where the dynamo exporter emits "
+                        f"invalid graphs", hint=f"use --opset {MIN_DYNAMO_OPSET} or higher (23 is the default)")
+    if not settings.dynamo and settings.opset > MAX_LEGACY_OPSET:
+        raise UserError(f"--opset {settings.opset} is above {MAX_LEGACY_OPSET}, the legacy exporter's maximum",
+                        hint=f"use --opset {MAX_LEGACY_OPSET} with --legacy-exporter, or drop --legacy-exporter")
+    examples = source.example_inputs
+    axes = {name: {axis: _axis_name(dim) for axis, dim in enumerate(shape) if isinstance(dim, str)}
+            for name, shape in shapes.items()}
+    log = io.StringIO()
+    try:
+        with warnings.catch_warnings(), redirect_stdout(log), redirect_stderr(log):
+            warnings.simplefilter("ignore")
+            logging.getLogger("torch").setLevel(logging.ERROR)
+            if settings.dynamo:
+                program = torch.onnx.export(
+                    _Positional(source.module, source.input_names), tuple(examples[n] for n in source.input_names),
+                    dynamo=True, opset_version=settings.opset,
+                    input_names=source.input_names, output_names=source.output_names,
+                    dynamic_shapes=tuple(axes[n] or None for n in source.input_names),
+                    optimize=settings.exporter_optimize, external_data=False, verbose=False,
+                )
+                model = program.model_proto
+            else:
+                buffer = io.BytesIO()
+                torch.onnx.export(
+                    _Positional(source.module, source.input_names), tuple(examples[n] for n in source.input_names),
+                    buffer, dynamo=False, opset_version=settings.opset, input_names=source.input_names,
+                    output_names=source.output_names, dynamic_axes={n: a for n, a in axes.items() if a},
+                    do_constant_folding=True,
+                )
+                model = onnx.load_from_string(buffer.getvalue())
+    except Exception as exc:
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        other = "--legacy-exporter" if settings.dynamo else "the default dynamo exporter"
+        raise UserError(f"exporting {source.spec!r} to ONNX failed: {type(exc).__name__}: {detail}",
+                        hint=f"check the model runs on the example inputs; or try {other}") from exc
+    rename_dims(model, shapes)
+    return model
+
+
+def _axis_name(dim: str) -> str:
+    # A sum such as past_sequence+sequence is its own dynamic axis to the exporter; rename_dims
+    # writes the symbolic sum back afterwards.
+    return dim.replace("+", "_plus_")
+
+
+def rename_dims(model: onnx.ModelProto, shapes: dict[str, list]) -> None:
+    """Write the profile's dimension names onto inputs, and onto outputs that share a symbol."""
+    mapping: dict[str, str] = {}
+    for inp in model.graph.input:
+        if inp.name not in shapes:
+            continue
+        for dim, want in zip(inp.type.tensor_type.shape.dim, shapes[inp.name]):
+            if isinstance(want, str):
+                if dim.dim_param:
+                    mapping.setdefault(dim.dim_param, want)
+                dim.ClearField("dim_value")
+                dim.dim_param = want
+    for value in list(model.graph.output) + list(model.graph.value_info):
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param in mapping:
+                dim.dim_param = mapping[dim.dim_param]
+
+
+def _Positional(inner, names: list[str]):
+    """A module whose forward takes the inputs positionally, with an explicit signature.
+
+    torch.export maps dynamic_shapes onto forward's parameters, so `**kwargs` and names such as
+    `past_key_values.0.key` (not identifiers) cannot be used directly; ONNX names come from input_names.
+    """
+    import torch
+
+    params = ", ".join(f"x{i}" for i in range(len(names)))
+    body = ", ".join(f"{name!r}: x{i}" for i, name in enumerate(names))
+    namespace: dict = {}
+    exec(f"def forward(self, {params}):\n    return self.inner(**{{{body}}})\n", namespace)
+    cls = type("Positional", (torch.nn.Module,), {"forward": namespace["forward"]})
+    module = cls()
+    module.inner = inner
+    return module
