@@ -43,7 +43,13 @@ class CalibrationSettings:
     percentile: float = 99.99
     num_samples: int = 64
     smoothquant_alpha: float | None = None
+    # Mean embedding cosine (encoders) or top-1 agreement (LMs) vs FP32 that INT8 must keep;
+    # the most sensitive MatMuls fall back to FP32 until it holds.
     accuracy_target: float | None = None
+    # Also quantize activation x activation MatMuls (unfused attention's Q@K^T and P@V).
+    int8_attention: bool = False
+    # MatMul/Gemm node names to keep out of INT8 whatever the accuracy.
+    exclude_nodes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

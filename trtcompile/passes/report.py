@@ -17,6 +17,8 @@ class PassReport:
     seconds: float = 0.0
     nodes_before: int = 0
     nodes_after: int = 0
+    # Structured results beyond matches/declines (e.g. quantize_int8's accuracy and sensitivity).
+    extra: dict = field(default_factory=dict)
 
     def match(self, node: str, **detail) -> None:
         """Record one fused/rewritten subgraph, named by its anchor node."""
@@ -41,4 +43,5 @@ class PassReport:
             "seconds": round(self.seconds, 4),
             "nodes_before": self.nodes_before,
             "nodes_after": self.nodes_after,
+            **({"extra": self.extra} if self.extra else {}),
         }

@@ -1,0 +1,66 @@
+"""How far a quantized graph is from the FP32 graph, on held-out data.
+
+Embeddings (encoders): cosine of mean-pooled sentence embeddings (mask-aware) per sample, mean
+and worst, plus max abs error of the raw outputs. Language models (a float output whose last axis
+is the vocabulary, or `is_decoder`): top-1 agreement over real tokens and max logit error.
+`score` is the number compared with the accuracy target: mean cosine, or top-1 agreement.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def run_all(session, feeds: list[dict[str, np.ndarray]]) -> list[list[np.ndarray]]:
+    names = [o.name for o in session.get_outputs()]
+    return [session.run(names, feed) for feed in feeds]
+
+
+def compare(reference: list[list[np.ndarray]], candidate: list[list[np.ndarray]],
+            feeds: list[dict[str, np.ndarray]], language_model: bool) -> dict:
+    cosines, top1_hits, top1_total, max_abs = [], 0, 0, 0.0
+    for ref_outs, cand_outs, feed in zip(reference, candidate, feeds):
+        ref, cand = np.asarray(ref_outs[0], np.float64), np.asarray(cand_outs[0], np.float64)
+        max_abs = max(max_abs, float(np.abs(ref - cand).max()) if ref.size else 0.0)
+        mask = _mask(feed, ref)
+        if language_model:
+            agree = ref.argmax(-1) == cand.argmax(-1)
+            if mask is not None:
+                agree = agree[mask.astype(bool)]
+            top1_hits += int(agree.sum())
+            top1_total += int(agree.size)
+        cosines.extend(_pooled_cosines(ref, cand, mask))
+    cos = np.asarray(cosines) if cosines else np.ones(1)
+    result = {"cosine_mean": float(cos.mean()), "cosine_min": float(cos.min()), "max_abs": max_abs,
+              "samples": int(cos.size)}
+    if language_model:
+        result["top1_agreement"] = top1_hits / max(top1_total, 1)
+        result["metric"], result["score"] = "top1_agreement", result["top1_agreement"]
+    else:
+        result["metric"], result["score"] = "cosine_mean", result["cosine_mean"]
+    return result
+
+
+def pooled(output: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """Mean over the sequence axis of [B, S, H] (mask-aware); other ranks flatten per sample."""
+    output = np.asarray(output, np.float64)
+    if output.ndim == 3:
+        if mask is None:
+            return output.mean(axis=1)
+        m = mask[..., None].astype(np.float64)
+        return (output * m).sum(axis=1) / np.maximum(m.sum(axis=1), 1.0)
+    return output.reshape(output.shape[0], -1)
+
+
+def _pooled_cosines(ref, cand, mask) -> list[float]:
+    a, b = pooled(ref, mask), pooled(cand, mask)
+    num = (a * b).sum(axis=1)
+    den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-30
+    return list(num / den)
+
+
+def _mask(feed: dict[str, np.ndarray], output: np.ndarray) -> np.ndarray | None:
+    mask = feed.get("attention_mask")
+    if mask is None or output.ndim < 2 or mask.shape[:2] != output.shape[:2]:
+        return None
+    return np.asarray(mask)

@@ -1,0 +1,79 @@
+"""Calibration: run the FP32 graph in ONNX Runtime on CPU and collect statistics of chosen tensors.
+
+The chosen tensors become extra graph outputs of an in-memory copy of the model (nothing is
+written to the working directory, unlike onnxruntime.quantization's calibrators, which leave
+~90 MB of augmented models behind). Per tensor: a histogram of |x| (ranges.AbsHistogram) and,
+for SmoothQuant, the per-channel max |x| over the last axis.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from trtcompile.quantize.ranges import AbsHistogram
+
+
+def ort_session(model: onnx.ModelProto, *, optimize: bool = False, threads: int | None = None):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                     else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = threads
+    model.ir_version = min(model.ir_version, 10)
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
+def collect(model: onnx.ModelProto, tensors: list[str], feeds: list[dict[str, np.ndarray]], *,
+            per_channel: bool = False, description: str = "calibrating") -> dict[str, dict]:
+    """{tensor: {"hist": AbsHistogram, "channel_amax": ndarray | None}} over all feeds."""
+    augmented = onnx.ModelProto()
+    augmented.CopyFrom(model)
+    present = {o.name for o in augmented.graph.output}
+    for name in tensors:
+        if name not in present:
+            augmented.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    session = ort_session(augmented, optimize=False)
+    stats = {name: {"hist": AbsHistogram(), "channel_amax": None} for name in tensors}
+    with _progress(description, len(feeds)) as advance:
+        for feed in feeds:
+            values = session.run(tensors, feed)
+            for name, value in zip(tensors, values):
+                entry = stats[name]
+                entry["hist"].add(value)
+                if per_channel:
+                    flat = np.abs(np.asarray(value, np.float32)).reshape(-1, value.shape[-1])
+                    peak = flat.max(axis=0)
+                    entry["channel_amax"] = peak if entry["channel_amax"] is None else np.maximum(
+                        entry["channel_amax"], peak)
+            advance()
+    return stats
+
+
+class _progress:
+    """A rich progress bar on a terminal, nothing otherwise."""
+
+    def __init__(self, description: str, total: int):
+        self.description, self.total, self.progress = description, total, None
+
+    def __enter__(self):
+        import sys
+
+        if sys.stderr.isatty():
+            try:
+                from rich.progress import Progress
+
+                self.progress = Progress(transient=True)
+                self.progress.__enter__()
+                task = self.progress.add_task(self.description, total=self.total)
+                return lambda: self.progress.advance(task)
+            except ImportError:  # pragma: no cover
+                pass
+        return lambda: None
+
+    def __exit__(self, *exc):
+        if self.progress is not None:
+            self.progress.__exit__(*exc)

@@ -1,0 +1,214 @@
+"""INT8 explicit quantization: calibrate, place Q/DQ, measure, and back off sensitive layers.
+
+    FP32 graph ──(SmoothQuant, optional)──> calibrate in ONNX Runtime ──> ranges (minmax |
+    percentile | entropy) ──> Q/DQ on every MatMul/Gemm ──> accuracy vs FP32 on held-out data
+        └─ below --accuracy-target: rank layers by sensitivity (each quantized alone), bisect
+           for the fewest FP32 layers that meet the target; none does -> UserError.
+
+The decisions (each MatMul's range and whether it is INT8, each kept layer and why) and the final
+accuracy go into `ctx.report` (a PassReport named "quantize_int8", accuracy in `extra`).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from trtcompile.errors import UserError
+from trtcompile.passes.context import PassContext
+from trtcompile.passes.report import PassReport
+from trtcompile.settings import CALIBRATION_METHODS, CalibrationSettings
+
+log = logging.getLogger("trtcompile.quantize")
+_SENSITIVITY_BATCHES = 8
+
+
+def quantize_int8(model: onnx.ModelProto, calibration: list[dict[str, np.ndarray]],
+                  settings: CalibrationSettings, ctx: PassContext,
+                  evaluation: list[dict[str, np.ndarray]] | None = None) -> onnx.ModelProto:
+    """The FP32 `model` with calibrated Q/DQ on its MatMul/Gemm inputs; report in `ctx.report`."""
+    from trtcompile.passes.convert_fp16 import with_types
+    from trtcompile.quantize.accuracy import compare, run_all
+    from trtcompile.quantize.calibrate import collect, ort_session
+    from trtcompile.quantize.qdq import find_targets, insert_qdq
+    from trtcompile.quantize.ranges import activation_amax
+    from trtcompile.quantize.smoothquant import smooth
+
+    report = ctx.report = PassReport("quantize_int8", nodes_before=len(model.graph.node))
+    _check_settings(settings)
+    _check_feeds(model, calibration, "calibration data", settings)
+    if evaluation is not None:
+        _check_feeds(model, evaluation, "evaluation data", settings)
+
+    graph = with_types(gs.import_onnx(model))
+    targets = find_targets(graph, report, settings.int8_attention)
+    excluded = [t for t in targets if t.node in settings.exclude_nodes]
+    for t in excluded:
+        report.decline(t.node, "excluded by the user (exclude_nodes): kept FP32", op=t.op)
+    targets = [t for t in targets if t.node not in settings.exclude_nodes]
+    if not targets:
+        ctx.warn("quantize_int8: no MatMul/Gemm with a constant weight to quantize; the model stays FP32")
+        report.note("nothing to quantize")
+        return model
+
+    if settings.smoothquant_alpha is not None:
+        acts = sorted({t.activations[0] for t in targets if t.weight is not None})
+        stats = _collect(collect, _export(graph), acts, calibration, per_channel=True,
+                         description="smoothquant statistics")
+        graph = smooth(graph, targets, {n: s["channel_amax"] for n, s in stats.items()},
+                       settings.smoothquant_alpha, report)
+        keep = {t.node for t in targets}
+        targets = [t for t in find_targets(graph, None, settings.int8_attention) if t.node in keep]
+    fp32_model = _export(graph)
+
+    acts = sorted({a for t in targets for a in t.activations})
+    stats = _collect(collect, fp32_model, acts, calibration, description=f"calibrating ({settings.method})")
+    amax = {n: activation_amax(s["hist"], settings.method, settings.percentile) for n, s in stats.items()}
+
+    eval_feeds = evaluation if evaluation is not None else calibration
+    if evaluation is None:
+        report.note("accuracy measured on the calibration data (no held-out evaluation data given)")
+    reference = run_all(ort_session(_copy(model)), eval_feeds)
+    language_model = _is_language_model(ctx, model)
+
+    def build(subset) -> onnx.ModelProto:
+        return _export(insert_qdq(gs.import_onnx(fp32_model), subset, amax))
+
+    def measure(subset, feeds=eval_feeds, ref=reference) -> dict:
+        return compare(ref, run_all(ort_session(build(subset)), feeds), feeds, language_model)
+
+    accuracy = measure(targets)
+    quantized, kept_reason = list(targets), {}
+    target = settings.accuracy_target
+    if target is not None and accuracy["score"] < target:
+        log.info("INT8 %s %.5f below target %.5f: ranking layers by sensitivity",
+                 accuracy["metric"], accuracy["score"], target)
+        few = eval_feeds[:_SENSITIVITY_BATCHES]
+        few_ref = reference[:_SENSITIVITY_BATCHES]
+        sensitivity = {}
+        for t in targets:
+            alone = measure([t], few, few_ref)
+            sensitivity[t.node] = (1.0 - alone["score"], 1.0 - alone["cosine_mean"], alone["max_abs"])
+        order = sorted(targets, key=lambda t: sensitivity[t.node], reverse=True)
+        report.extra["sensitivity"] = {t.node: round(sensitivity[t.node][1], 8) for t in order}
+        tries = {0: accuracy}
+
+        def ok(k: int) -> bool:
+            if k not in tries:
+                tries[k] = measure(order[k:])
+            return tries[k]["score"] >= target
+
+        n = len(order)
+        if not ok(n - 1):
+            best = tries[n - 1]
+            raise UserError(
+                f"INT8 cannot reach accuracy target {target} ({accuracy['metric']}): with all {n} MatMuls "
+                f"in INT8 it is {accuracy['score']:.5f}, and even with only the least sensitive one "
+                f"({order[-1].node!r}) in INT8 it is {best['score']:.5f}",
+                hint="lower --accuracy-target, try another --calibration-method or --smoothquant-alpha, "
+                     "or use --precision fp16")
+        lo, hi = 0, n - 1
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if ok(mid):
+                hi = mid
+            else:
+                lo = mid
+        accuracy = tries[hi]
+        quantized = order[hi:]
+        for t in order[:hi]:
+            kept_reason[t.node] = (f"kept FP32: most sensitive layers first (1 - cosine alone "
+                                   f"{sensitivity[t.node][1]:.3g}) until {accuracy['metric']} >= {target}")
+        report.note(f"fallback: {hi} of {n} MatMuls kept FP32 to reach {accuracy['metric']} "
+                    f"{accuracy['score']:.5f} >= {target} ({len(tries) + n} evaluations)")
+
+    final = build(quantized)
+    for t in targets:
+        if t.node in kept_reason:
+            report.decline(t.node, kept_reason[t.node], op=t.op)
+        else:
+            report.match(t.node, op=t.op, dtype="int8", activations={a: _amax_dict(amax[a]) for a in t.activations},
+                         weight=t.weight, weight_axis=t.weight_axis, method=settings.method)
+    matmuls = sum(1 for n in final.graph.node if n.op_type in ("MatMul", "Gemm"))
+    accuracy = {k: (round(v, 8) if isinstance(v, float) else v) for k, v in accuracy.items()}
+    accuracy.update(int8_matmuls=len(quantized), matmuls=matmuls, method=settings.method,
+                    smoothquant_alpha=settings.smoothquant_alpha, target=target,
+                    evaluation="held-out" if evaluation is not None else "calibration")
+    report.extra["accuracy"] = accuracy
+    report.nodes_after = len(final.graph.node)
+    report.note(f"INT8 on {len(quantized)} of {matmuls} MatMul/Gemm; {accuracy['metric']} {accuracy['score']:.6f}, "
+                f"worst cosine {accuracy['cosine_min']:.6f}, max abs {accuracy['max_abs']:.4g}")
+    return final
+
+
+def _amax_dict(amax: float) -> dict:
+    from trtcompile.quantize.qdq import activation_scale
+
+    return {"amax": round(float(amax), 6), "scale": activation_scale(amax)}
+
+
+def _collect(collect, model, tensors, feeds, **kw):
+    try:
+        return collect(model, tensors, feeds, **kw)
+    except Exception as exc:  # noqa: BLE001 - ORT's errors on bad feeds are the user's to fix
+        if type(exc).__module__.startswith("onnxruntime"):
+            raise UserError(f"calibration data does not run through the model: {str(exc).splitlines()[0]}",
+                            hint="check each input's shape and values against the model's inputs") from exc
+        raise
+
+
+def _export(graph: gs.Graph) -> onnx.ModelProto:
+    from trtcompile.onnx_io import to_model
+
+    return to_model(graph.cleanup().toposort())
+
+
+def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    return out
+
+
+def _is_language_model(ctx: PassContext, model: onnx.ModelProto) -> bool:
+    return bool(ctx.model.is_decoder) or any("logit" in o.name for o in model.graph.output)
+
+
+def _check_settings(settings: CalibrationSettings) -> None:
+    if settings.method not in CALIBRATION_METHODS:
+        raise UserError(f"calibration method {settings.method!r} is not one of {list(CALIBRATION_METHODS)}",
+                        hint="use --calibration-method minmax, percentile or entropy")
+    if not 0 < settings.percentile <= 100:
+        raise UserError(f"calibration percentile {settings.percentile} is outside (0, 100]",
+                        hint="use e.g. 99.99")
+    if settings.smoothquant_alpha is not None and not 0 <= settings.smoothquant_alpha <= 1:
+        raise UserError(f"SmoothQuant alpha {settings.smoothquant_alpha} is outside [0, 1]",
+                        hint="use --smoothquant-alpha 0.5 (0.5-0.8 are typical)")
+    if settings.accuracy_target is not None and not 0 < settings.accuracy_target <= 1:
+        raise UserError(f"accuracy target {settings.accuracy_target} is outside (0, 1]",
+                        hint="give a cosine or top-1 agreement such as 0.999")
+
+
+def _check_feeds(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], what: str,
+                 settings: CalibrationSettings) -> None:
+    source = f" from {str(settings.data)!r}" if settings.data else ""
+    if not feeds:
+        raise UserError(f"{what}{source} is empty: INT8 needs samples to calibrate on",
+                        hint="pass --calibration-data with a .npz of inputs or a text file (one sentence per line)")
+    inits = {i.name for i in model.graph.initializer}
+    inputs = {i.name: i for i in model.graph.input if i.name not in inits}
+    for k, feed in enumerate(feeds):
+        missing = sorted(set(inputs) - set(feed))
+        if missing:
+            raise UserError(f"{what}{source}: batch {k} has no input {missing[0]!r} (it has {sorted(feed)})",
+                            hint=f"give every model input: {sorted(inputs)}")
+        for name, array in feed.items():
+            if name not in inputs:
+                continue
+            elem = inputs[name].type.tensor_type.elem_type
+            want = onnx.helper.tensor_dtype_to_np_dtype(elem)
+            if np.asarray(array).dtype != want:
+                raise UserError(f"{what}{source}: input {name!r} is {np.asarray(array).dtype}, the model takes {want}",
+                                hint=f"convert it with .astype(np.{want})")
