@@ -1,0 +1,229 @@
+"""Causal LMs with a KV cache: one graph that serves prefill (past length 0) and decode.
+
+    inputs   input_ids [batch, sequence]   attention_mask [batch, past_sequence+sequence]
+             position_ids [batch, sequence]   past_key_values.{i}.key/value [batch, kv_heads, past_sequence, head_dim]
+    outputs  logits [batch, sequence, vocab]   present.{i}.key/value [batch, kv_heads, past_sequence+sequence, head_dim]
+
+The wrapper hands the flat past tensors to the model as a `DynamicCache`, whose update is a
+`torch.cat` of past and new K/V *before* SDPA: the exported `Attention` node sees the full K/V
+and an explicit mask (causal + padding) and never `past_key`/`is_causal`, which is what
+TensorRT's parser accepts and what keeps decode steps aligned (tensorrt11.md). `position_ids` is
+an input because the exporter's own rotary fusion otherwise fixes cos/sin to batch 1
+(environment.md); the runtime computes positions from the attention mask, as HF `generate` does.
+
+Export note: the past tensors' names (`past_key_values.0.key`) are not Python identifiers, and
+torch.export cannot map `dynamic_shapes` onto a `**kwargs` forward. So the module also takes its
+inputs positionally (in `input_names` order), and `export_onnx` here exports it that way; the
+generic exporter should call `module.export_onnx(shapes, settings)` when the module has one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+# Where the compile step copies the checkpoint's tokenizer inside a package (package.TOKENIZER_DIR).
+TOKENIZER_DIR = "tokenizer"
+# Longest context a default profile covers; longer needs an explicit profile (decoder-long.yaml).
+DEFAULT_MAX_CONTEXT = 2048
+
+
+@dataclass
+class DecoderIO:
+    module: Any  # torch.nn.Module: forward(*inputs in input_names order) or forward(**{name: tensor})
+    input_names: list[str]
+    output_names: list[str]
+    example_inputs: dict[str, Any]  # name -> torch.Tensor, past length > 0 so export keeps it dynamic
+    shapes: dict[str, list]  # symbolic shape of every input and output
+    manifest_extra: dict  # {"generation": {...}}
+    default_profile: Callable[[dict], dict] = field(default=None)
+
+
+def kv_names(num_layers: int) -> tuple[list[str], list[str]]:
+    past = [f"past_key_values.{i}.{kv}" for i in range(num_layers) for kv in ("key", "value")]
+    present = [f"present.{i}.{kv}" for i in range(num_layers) for kv in ("key", "value")]
+    return past, present
+
+
+def _decoder_class():
+    import torch
+
+    class CausalLMWithCache(torch.nn.Module):
+        """Flat past K/V in, logits and flat present K/V out (see the module docstring)."""
+
+        def __init__(self, model, input_names: list[str], num_layers: int):
+            super().__init__()
+            self.model = model
+            self.input_names = list(input_names)
+            self.num_layers = num_layers
+
+        def forward(self, *args, **kwargs):
+            from transformers import DynamicCache
+
+            inputs = dict(zip(self.input_names, args), **kwargs)
+            past = [(inputs[f"past_key_values.{i}.key"], inputs[f"past_key_values.{i}.value"])
+                    for i in range(self.num_layers)]
+            # No config: plain DynamicLayers, so present is always concat(past, new), never cropped.
+            cache = DynamicCache(ddp_cache_data=past)
+            out = self.model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                             position_ids=inputs["position_ids"], past_key_values=cache, use_cache=True,
+                             return_dict=True)
+            flat = [out.logits]
+            for layer in out.past_key_values.layers:
+                flat += [layer.keys, layer.values]
+            return tuple(flat)
+
+        def export_onnx(self, shapes: dict[str, list], settings=None, example_inputs: dict | None = None):
+            return export_onnx(self, shapes, settings, example_inputs)
+
+    return CausalLMWithCache
+
+
+def _generation_ids(model, config: dict) -> dict:
+    """bos/eos/pad from generation_config.json (as HF `generate` uses them), else config.json."""
+    gen = getattr(model, "generation_config", None)
+
+    def pick(key):
+        value = getattr(gen, key, None) if gen is not None else None
+        return config.get(key) if value is None else value
+
+    eos = pick("eos_token_id")
+    eos = [] if eos is None else [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])]
+    bos, pad = pick("bos_token_id"), pick("pad_token_id")
+    return {"bos_token_id": None if bos is None else int(bos), "eos_token_id": eos,
+            "pad_token_id": None if pad is None else int(pad)}
+
+
+def max_context(config: dict) -> int:
+    for key in ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length"):
+        if config.get(key):
+            return int(config[key])
+    return DEFAULT_MAX_CONTEXT
+
+
+def default_profile(config: dict) -> dict:
+    """Prefill (many new tokens, no past) and decode (one new token, long past) buckets."""
+    total = min(max_context(config), DEFAULT_MAX_CONTEXT)
+    prompt = min(512, total)
+    return {
+        "inputs": decoder_profile_inputs(),
+        "buckets": {
+            "prefill": {"batch": [1, 1, 4], "sequence": [1, min(64, prompt), prompt], "past_sequence": [0, 0, 0]},
+            "decode": {"batch": [1, 1, 4], "sequence": [1, 1, 1],
+                       "past_sequence": [1, min(256, total - 1), total - 1]},
+        },
+    }
+
+
+def decoder_profile_inputs() -> dict:
+    return {"input_ids": ["batch", "sequence"], "attention_mask": ["batch", "past_sequence+sequence"],
+            "position_ids": ["batch", "sequence"], "past_key_values.*": ["batch", "_", "past_sequence", "_"]}
+
+
+def causal_lm_io(model, config: dict) -> DecoderIO:
+    """Wrap a HF causal LM (GPT-2, Llama, Mistral, Qwen2, ...) for export with a KV cache."""
+    import torch
+
+    model.eval()
+    vocab = int(config.get("vocab_size") or model.config.vocab_size)
+    # The cache geometry comes from one real call, not from config keys that differ per family.
+    with torch.inference_mode():
+        probe = model(input_ids=torch.zeros(1, 1, dtype=torch.int64), use_cache=True, return_dict=True)
+    layers = probe.past_key_values.layers
+    num_layers = len(layers)
+    _, kv_heads, _, head_dim = layers[0].keys.shape
+    past_names, present_names = kv_names(num_layers)
+    input_names = ["input_ids", "attention_mask", "position_ids", *past_names]
+    output_names = ["logits", *present_names]
+
+    batch, seq, past = 2, 3, 4
+    gen = torch.Generator().manual_seed(0)
+    examples = {
+        "input_ids": torch.randint(0, vocab, (batch, seq), generator=gen),
+        "attention_mask": torch.ones(batch, past + seq, dtype=torch.int64),
+        "position_ids": torch.arange(past, past + seq, dtype=torch.int64).expand(batch, seq).contiguous(),
+    }
+    for name in past_names:
+        examples[name] = torch.randn(batch, kv_heads, past, head_dim, generator=gen)
+
+    kv_shape = ["batch", int(kv_heads), "past_sequence", int(head_dim)]
+    shapes = {"input_ids": ["batch", "sequence"], "attention_mask": ["batch", "past_sequence+sequence"],
+              "position_ids": ["batch", "sequence"], "logits": ["batch", "sequence", vocab]}
+    shapes.update({n: list(kv_shape) for n in past_names})
+    shapes.update({n: ["batch", int(kv_heads), "past_sequence+sequence", int(head_dim)] for n in present_names})
+
+    generation = {
+        "num_layers": num_layers, "num_kv_heads": int(kv_heads), "head_dim": int(head_dim), "vocab_size": vocab,
+        "input_ids": "input_ids", "attention_mask": "attention_mask", "position_ids": "position_ids",
+        "logits": "logits", "past_inputs": past_names, "present_outputs": present_names,
+        "max_context": max_context(config), "tokenizer_dir": TOKENIZER_DIR, **_generation_ids(model, config),
+    }
+    module = _decoder_class()(model, input_names, num_layers).eval()
+    module.example_inputs = examples  # for module.export_onnx(shapes, settings)
+    return DecoderIO(module=module, input_names=input_names, output_names=output_names, example_inputs=examples,
+                     shapes=shapes, manifest_extra={"generation": generation}, default_profile=default_profile)
+
+
+def export_onnx(module, shapes: dict[str, list], settings=None, example_inputs: dict | None = None):
+    """Export a CausalLMWithCache positionally with dynamic batch/sequence/past (past may be 0).
+
+    `shapes` gives each input's symbolic shape (the profile's names); the ONNX inputs get those
+    names back, so `past_sequence+sequence` reads as such on attention_mask.
+    """
+    import io
+    import logging
+    import warnings
+    from contextlib import redirect_stderr, redirect_stdout
+
+    import torch
+    from torch.export import Dim
+
+    from trtcompile.errors import UserError
+
+    opset = getattr(settings, "opset", 23)
+    optimize = getattr(settings, "exporter_optimize", True)
+    if not getattr(settings, "dynamo", True):
+        raise UserError("causal LMs with a KV cache export only with the dynamo exporter",
+                        hint="drop --legacy-exporter")
+    names = module.input_names
+    examples = example_inputs if example_inputs is not None else module.example_inputs
+    dims: dict[str, Dim] = {}
+
+    def dim(name: str) -> Dim:
+        if name not in dims:
+            # past_sequence may be 0 (prefill); the others are at least 1.
+            lo = 0 if name == "past_sequence" else 1
+            dims[name] = Dim(name.replace("+", "_plus_"), min=lo, max=1 << 20)
+        return dims[name]
+
+    dynamic = tuple({axis: dim(d) for axis, d in enumerate(shapes[n]) if isinstance(d, str)} or None
+                    for n in names)
+    n_out = 1 + 2 * module.num_layers
+    output_names = ["logits", *kv_names(module.num_layers)[1]][:n_out]
+    log = io.StringIO()
+    try:
+        with warnings.catch_warnings(), redirect_stdout(log), redirect_stderr(log):
+            warnings.simplefilter("ignore")
+            logging.getLogger("torch").setLevel(logging.ERROR)
+            program = torch.onnx.export(module, tuple(examples[n] for n in names), dynamo=True,
+                                        opset_version=opset, input_names=names, output_names=output_names,
+                                        dynamic_shapes=(dynamic,), optimize=optimize, external_data=False)
+    except Exception as exc:
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"exporting the causal LM with a KV cache failed: {type(exc).__name__}: {detail}",
+                        hint="check the model runs with transformers' DynamicCache; try a newer transformers") from exc
+    model = program.model_proto
+    _name_dims(model, shapes)
+    return model
+
+
+def _name_dims(model, shapes: dict[str, list]) -> None:
+    """Put the profile's dimension names on the graph inputs and outputs."""
+    for value in list(model.graph.input) + list(model.graph.output):
+        want = shapes.get(value.name)
+        if not want:
+            continue
+        for d, w in zip(value.type.tensor_type.shape.dim, want):
+            if isinstance(w, str):
+                d.ClearField("dim_value")
+                d.dim_param = w

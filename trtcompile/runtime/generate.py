@@ -1,0 +1,345 @@
+"""Text generation on a causal-LM package: prefill once, then one decode step per new token.
+
+    model = trtcompile.runtime.load("out/llama")
+    tokens = model.generate(ids, attention_mask=mask, max_new_tokens=64)        # [batch, prompt + new]
+    for step in model.stream(ids, max_new_tokens=64, do_sample=True, seed=0):   # [batch] per step
+        ...
+
+The package's graph maps (new tokens, attention mask, positions, past K/V) to (logits, present
+K/V), present = concat(past, new) (export/kv_cache.py). Batches are left-padded, as HF `generate`
+expects; positions follow HF: cumsum(mask) - 1, then +1 per step. A finished sequence (it produced
+a stop token) keeps pace with pad tokens, and the loop ends when every sequence has finished.
+
+The KV cache lives in preallocated buffers sized once per request (and reused by later requests
+that fit): on ONNX Runtime, two flat host buffers per past tensor bound through IOBinding, so each
+step writes present straight into the buffer the next step reads as past (ping-pong) and nothing
+of the cache is reallocated or copied by us; on TensorRT the same in device memory, with only the
+last position's logits coming back to the host.
+
+Imports numpy and trtcompile.runtime only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+
+from trtcompile.runtime.manifest import PackageError
+from trtcompile.runtime.shapes import Bucket, InputError
+
+DEFAULT_MAX_NEW_TOKENS = 32
+
+
+@dataclass(frozen=True)
+class DecoderLayout:
+    """The "generation" section of a causal-LM manifest."""
+
+    input_ids: str
+    attention_mask: str
+    position_ids: str
+    logits: str
+    past_inputs: list[str]
+    present_outputs: list[str]
+    num_kv_heads: int
+    head_dim: int
+    eos_token_id: list[int]
+    pad_token_id: int | None
+    bos_token_id: int | None
+    tokenizer_dir: str | None
+
+    @classmethod
+    def of(cls, model) -> "DecoderLayout":
+        gen = model.manifest.data.get("generation")
+        if not gen:
+            raise PackageError(f"package {str(model.manifest.root)!r} has no 'generation' section in its manifest: "
+                               f"it is not a causal LM with a KV cache; generate() needs one compiled from a "
+                               f"*ForCausalLM / *LMHeadModel checkpoint")
+        eos = gen.get("eos_token_id")
+        eos = [] if eos is None else [int(e) for e in (eos if isinstance(eos, list) else [eos])]
+        return cls(gen.get("input_ids", "input_ids"), gen.get("attention_mask", "attention_mask"),
+                   gen.get("position_ids", "position_ids"), gen.get("logits", "logits"),
+                   list(gen["past_inputs"]), list(gen["present_outputs"]), int(gen["num_kv_heads"]),
+                   int(gen["head_dim"]), eos, gen.get("pad_token_id"), gen.get("bos_token_id"),
+                   gen.get("tokenizer_dir"))
+
+
+@dataclass(frozen=True)
+class Sampling:
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+
+    def check(self) -> None:
+        if self.do_sample and not self.temperature > 0:
+            raise InputError(f"temperature={self.temperature} must be > 0 when sampling; "
+                             f"use do_sample=False for greedy decoding")
+        if self.top_k < 0:
+            raise InputError(f"top_k={self.top_k} must be >= 0 (0 = no top-k filtering)")
+        if not 0 < self.top_p <= 1:
+            raise InputError(f"top_p={self.top_p} must be in (0, 1] (1 = no nucleus filtering)")
+
+
+def choose_tokens(logits: np.ndarray, sampling: Sampling, rng: np.random.Generator | None) -> np.ndarray:
+    """Next token per row of [batch, vocab] logits: argmax, or a temperature/top-k/top-p sample."""
+    if not sampling.do_sample:
+        return logits.argmax(axis=-1).astype(np.int64)
+    x = logits.astype(np.float64) / sampling.temperature
+    vocab = x.shape[-1]
+    if 0 < sampling.top_k < vocab:
+        kth = np.partition(x, vocab - sampling.top_k, axis=-1)[:, vocab - sampling.top_k, None]
+        x = np.where(x < kth, -np.inf, x)
+    x -= x.max(axis=-1, keepdims=True)
+    probs = np.exp(x)
+    probs /= probs.sum(axis=-1, keepdims=True)
+    if sampling.top_p < 1:
+        order = np.argsort(-probs, axis=-1, kind="stable")
+        sorted_probs = np.take_along_axis(probs, order, axis=-1)
+        # Keep the smallest prefix whose mass reaches top_p (the most likely token always stays).
+        drop_sorted = (np.cumsum(sorted_probs, axis=-1) - sorted_probs) >= sampling.top_p
+        drop = np.zeros_like(drop_sorted)
+        np.put_along_axis(drop, order, drop_sorted, axis=-1)
+        probs = np.where(drop, 0.0, probs)
+        probs /= probs.sum(axis=-1, keepdims=True)
+    cdf = np.cumsum(probs, axis=-1)
+    u = rng.random((probs.shape[0], 1)) * cdf[:, -1:]
+    return np.minimum((cdf <= u).sum(axis=-1), vocab - 1).astype(np.int64)
+
+
+def _as_batch(input_ids, attention_mask) -> tuple[np.ndarray, np.ndarray]:
+    ids = np.asarray(input_ids)
+    if ids.ndim == 1:
+        ids = ids[None, :]
+    if ids.ndim != 2 or ids.shape[1] == 0 or ids.shape[0] == 0:
+        raise InputError(f"input_ids has shape {list(np.shape(input_ids))}; pass token ids as [batch, prompt] "
+                         f"(or [prompt]) with at least one token")
+    if not np.issubdtype(ids.dtype, np.integer):
+        raise InputError(f"input_ids has dtype {ids.dtype}; pass integer token ids")
+    if attention_mask is None:
+        mask = np.ones(ids.shape, np.int64)
+    else:
+        mask = np.asarray(attention_mask)
+        if mask.ndim == 1:
+            mask = mask[None, :]
+        if mask.shape != ids.shape:
+            raise InputError(f"attention_mask has shape {list(mask.shape)} but input_ids has {list(ids.shape)}; "
+                             f"they must match")
+        mask = (mask != 0).astype(np.int64)
+    pads = ids.shape[1] - mask.sum(axis=1)
+    for row in range(ids.shape[0]):
+        if pads[row] == ids.shape[1]:
+            raise InputError(f"attention_mask row {row} is all zeros: that prompt has no tokens")
+        if mask[row, pads[row]:].min() == 0:
+            raise InputError(f"attention_mask row {row} is {mask[row].tolist()}: prompts must be left-padded "
+                             f"(zeros first, then ones); pad on the left, as HF tokenizers do with "
+                             f"padding_side='left'")
+    return ids.astype(np.int64), mask
+
+
+def _fits(buckets: list[Bucket], **dims) -> bool:
+    return any(b.contains(dims) and all(d in b.dims for d in dims) for b in buckets)
+
+
+def check_request(buckets: list[Bucket], batch: int, prompt: int, max_new_tokens: int) -> None:
+    """Raise InputError, naming the numbers and the bucket ranges, when the request does not fit."""
+    if max_new_tokens < 1:
+        raise InputError(f"max_new_tokens={max_new_tokens} must be >= 1")
+
+    def ranges(dim: str, only_decode: bool = False) -> str:
+        return ", ".join(f"{b.name}: {lo}..{hi}" for b in buckets for d, (lo, _, hi) in b.dims.items()
+                         if d == dim and (not only_decode or b.dims.get("sequence", (1, 1, 1))[0] <= 1))
+
+    if not _fits(buckets, batch=batch, sequence=prompt, past_sequence=0):
+        raise InputError(f"a prompt of {prompt} tokens with batch {batch} fits no prefill bucket "
+                         f"(sequence {ranges('sequence')}; batch {ranges('batch')}; past_sequence "
+                         f"{ranges('past_sequence')}); shorten the prompt, split the batch, or recompile "
+                         f"with a profile whose prefill bucket covers sequence {prompt}")
+    # Decode steps feed the token from the step before: past grows from prompt to prompt+new-2.
+    last_past = prompt + max_new_tokens - 2
+    for past in range(prompt, last_past + 1):
+        if not _fits(buckets, batch=batch, sequence=1, past_sequence=past):
+            fit = past - prompt + 1  # new tokens that do fit
+            raise InputError(
+                f"prompt of {prompt} tokens + max_new_tokens {max_new_tokens} needs a context of "
+                f"{prompt + max_new_tokens - 1} (decode past_sequence up to {last_past}), but no bucket holds "
+                f"past_sequence {past} at batch {batch} (past_sequence {ranges('past_sequence', True)}; "
+                f"batch {ranges('batch')}); ask for at most {fit} new tokens, shorten the prompt, or recompile "
+                f"with a longer profile (e.g. profiles/decoder-long.yaml)")
+
+
+def _kv_cache_for(model, layout: DecoderLayout, batch: int, capacity: int):
+    """The model's KV cache object, reused when it is big enough, else replaced by a bigger one."""
+    specs = {s.name: s for s in model.inputs}
+    dtypes = [np.dtype(specs[n].dtype) for n in layout.past_inputs]
+    per_token = [batch * layout.num_kv_heads * layout.head_dim] * len(layout.past_inputs)
+    cache = getattr(model, "_kv_cache", None)
+    if cache is None or not cache.fits(per_token, capacity, dtypes):
+        if cache is not None:
+            cache.close()
+        backend = model.backend_name
+        if backend == "onnxruntime" and hasattr(model.backend, "session"):
+            cache = OrtKVCache(model, layout, per_token, capacity, dtypes)
+        elif backend == "tensorrt" and _device_cache_class() is not None:
+            cache = _device_cache_class()(model, layout, per_token, capacity, dtypes)
+        else:
+            cache = HostKVCache(model, layout, per_token, capacity, dtypes)
+        model._kv_cache = cache
+    return cache
+
+
+class HostKVCache:
+    """Any backend through Model.run: present comes back as new arrays and becomes the next past.
+
+    The fallback for backends without a bound-buffer path; it reallocates the cache every step.
+    """
+
+    def __init__(self, model, layout: DecoderLayout, per_token: list[int], capacity: int, dtypes: list):
+        self.model, self.layout = model, layout
+        self.per_token, self.capacity, self.dtypes = per_token, capacity, dtypes
+        self.past: dict[str, np.ndarray] = {}
+
+    def fits(self, per_token, capacity, dtypes) -> bool:
+        return per_token == self.per_token and capacity <= self.capacity and dtypes == self.dtypes
+
+    def start(self, batch: int) -> None:
+        lay = self.layout
+        self.past = {n: np.zeros((batch, lay.num_kv_heads, 0, lay.head_dim), dt)
+                     for n, dt in zip(lay.past_inputs, self.dtypes)}
+
+    def step(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        lay = self.layout
+        feeds = {lay.input_ids: ids, lay.attention_mask: mask, lay.position_ids: positions, **self.past}
+        out = self.model.run(feeds)
+        self.past = {p: out[q] for p, q in zip(lay.past_inputs, lay.present_outputs)}
+        return out[lay.logits][:, -1, :]
+
+    def close(self) -> None:
+        self.past = {}
+
+
+class OrtKVCache:
+    """ONNX Runtime with IOBinding over two preallocated flat buffers per past tensor.
+
+    A flat buffer viewed as [batch, heads, length, head_dim] is contiguous for every length, so
+    step t reads past from buffer t % 2 and ONNX Runtime writes present (= past + the new
+    position) into buffer (t + 1) % 2. The concat inside the graph is the only copy of the cache.
+    """
+
+    def __init__(self, model, layout: DecoderLayout, per_token: list[int], capacity: int, dtypes: list):
+        self.model, self.layout = model, layout
+        self.per_token, self.capacity, self.dtypes = per_token, capacity, dtypes
+        self.session = model.backend.session
+        self.buffers = [[np.empty(n * capacity, dt) for n, dt in zip(per_token, dtypes)] for _ in range(2)]
+        logits_spec = next(s for s in model.outputs if s.name == layout.logits)
+        self.logits_dtype = np.dtype(logits_spec.dtype)
+        self.vocab = int(logits_spec.shape[-1])
+        self.logits = np.empty(0, self.logits_dtype)
+        self.binding = self.session.io_binding()
+        self.length = 0
+        self.current = 0
+
+    def fits(self, per_token, capacity, dtypes) -> bool:
+        return per_token == self.per_token and capacity <= self.capacity and dtypes == self.dtypes
+
+    def start(self, batch: int) -> None:
+        self.length, self.current, self.batch = 0, 0, batch
+
+    def _shape(self, length: int) -> list[int]:
+        return [self.batch, self.layout.num_kv_heads, length, self.layout.head_dim]
+
+    def step(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        lay, bind = self.layout, self.binding
+        new = ids.shape[1]
+        if self.length + new > self.capacity:
+            raise AssertionError(f"KV cache overflow: {self.length}+{new} > {self.capacity}")
+        bind.clear_binding_inputs()
+        bind.clear_binding_outputs()
+        bind.bind_cpu_input(lay.input_ids, ids)
+        bind.bind_cpu_input(lay.attention_mask, mask)
+        bind.bind_cpu_input(lay.position_ids, positions)
+        src, dst = self.buffers[self.current], self.buffers[1 - self.current]
+        for name, buf, dt in zip(lay.past_inputs, src, self.dtypes):
+            bind.bind_input(name, "cpu", 0, dt, self._shape(self.length), buf.ctypes.data)
+        for name, buf, dt in zip(lay.present_outputs, dst, self.dtypes):
+            bind.bind_output(name, "cpu", 0, dt, self._shape(self.length + new), buf.ctypes.data)
+        need = self.batch * new * self.vocab
+        if self.logits.size < need:
+            self.logits = np.empty(need, self.logits_dtype)
+        bind.bind_output(lay.logits, "cpu", 0, self.logits_dtype, [self.batch, new, self.vocab],
+                         self.logits.ctypes.data)
+        self.session.run_with_iobinding(bind)
+        self.length += new
+        self.current = 1 - self.current
+        return self.logits[:need].reshape(self.batch, new, self.vocab)[:, -1, :]
+
+    def close(self) -> None:
+        self.buffers = [[], []]
+
+
+def stream(model, input_ids, attention_mask=None, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, *,
+           do_sample: bool = False, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+           seed: int | None = None, stop_tokens=None, pad_token_id: int | None = None) -> Iterator[np.ndarray]:
+    """Yield the next token of every sequence, [batch] int64, one step at a time.
+
+    A sequence that has produced a stop token yields `pad_token_id` from then on; iteration ends
+    after max_new_tokens steps or when every sequence has stopped. stop_tokens defaults to the
+    package's eos ids (pass [] to never stop early).
+    """
+    layout = DecoderLayout.of(model)
+    sampling = Sampling(do_sample, float(temperature), int(top_k), float(top_p))
+    sampling.check()
+    ids, mask = _as_batch(input_ids, attention_mask)
+    batch, prompt = ids.shape
+    max_new_tokens = int(max_new_tokens)
+    check_request(model.buckets, batch, prompt, max_new_tokens)
+    stops = np.asarray(layout.eos_token_id if stop_tokens is None else list(stop_tokens), np.int64)
+    pad = pad_token_id if pad_token_id is not None else layout.pad_token_id
+    if pad is None:
+        pad = int(stops[0]) if stops.size else 0
+    rng = np.random.default_rng(seed) if do_sample else None
+    return _decode_loop(model, layout, ids, mask, max_new_tokens, sampling, rng, stops, int(pad))
+
+
+def _decode_loop(model, layout, ids, mask, max_new_tokens, sampling, rng, stops, pad) -> Iterator[np.ndarray]:
+    batch, prompt = ids.shape
+    cache = _kv_cache_for(model, layout, batch, prompt + max_new_tokens - 1)
+    cache.start(batch)
+    # HF's positions: cumsum of the mask - 1, pads at 0, then +1 per generated token.
+    positions = np.where(mask == 1, np.cumsum(mask, axis=1) - 1, 0).astype(np.int64)
+    pads = prompt - mask.sum(axis=1)
+    full_mask = (np.arange(prompt + max_new_tokens)[None, :] >= pads[:, None]).astype(np.int64)
+    logits = cache.step(ids, mask, positions)
+    next_pos = positions[:, -1:] + 1
+    done = np.zeros(batch, bool)
+    for step in range(max_new_tokens):
+        tokens = choose_tokens(logits, sampling, rng)
+        tokens = np.where(done, pad, tokens)
+        done |= np.isin(tokens, stops)
+        yield tokens
+        if done.all() or step == max_new_tokens - 1:
+            return
+        length = prompt + step + 1
+        logits = cache.step(tokens[:, None], np.ascontiguousarray(full_mask[:, :length]), next_pos)
+        next_pos = next_pos + 1
+
+
+def generate(model, input_ids, attention_mask=None, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, *,
+             do_sample: bool = False, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+             seed: int | None = None, stop_tokens=None, pad_token_id: int | None = None) -> np.ndarray:
+    """The prompt followed by the new tokens, [batch, prompt + steps] int64, like HF `generate`.
+
+    steps <= max_new_tokens: it is shorter when every sequence stopped early; sequences that
+    stopped before the others are filled with pad_token_id.
+    """
+    ids, _ = _as_batch(input_ids, attention_mask)
+    steps = list(stream(model, input_ids, attention_mask, max_new_tokens, do_sample=do_sample,
+                        temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, stop_tokens=stop_tokens,
+                        pad_token_id=pad_token_id))
+    return np.concatenate([ids, np.stack(steps, axis=1)], axis=1)
+
+
+def _device_cache_class():
+    """The TensorRT device-memory cache, when the TensorRT backend offers what it needs (below)."""
+    return None
