@@ -84,7 +84,8 @@ def engine_mismatch(entry: dict, *, tensorrt_version: str, compute_capability: s
                 f"{tensorrt_version}; engines run only on the version that built them: {REBUILD}, "
                 f"or compile with --version-compatible")
     cc_built, cc_here = version_tuple(entry.get("compute_capability", "")), version_tuple(compute_capability)
-    built_on = f"compute capability {entry.get('compute_capability', 'unknown')} ({entry.get('device_name', 'unknown GPU')})"
+    built_on = (f"compute capability {entry.get('compute_capability', 'unknown')} "
+                f"({entry.get('device_name', 'unknown GPU')})")
     if flags.get("hardware_compatibility") == "ampere_plus":
         if cc_here < (8, 0):
             return (f"engine {file!r} was built for Ampere or newer GPUs (compute capability >= 8.0) and "
@@ -168,8 +169,9 @@ class EngineSession:
         self.cuda_graphs = cuda_graphs
         self.engine = runtime.deserialize_cuda_engine(plan)
         if self.engine is None:
-            lean = " (tensorrt_lean runs only engines built with --version-compatible)" \
-                if trt.__name__ == "tensorrt_lean" and not entry.get("build_flags", {}).get("version_compatible") else ""
+            lean = ""
+            if trt.__name__ == "tensorrt_lean" and not entry.get("build_flags", {}).get("version_compatible"):
+                lean = " (the lean runtime is meant for engines built with --version-compatible)"
             raise PackageError(f"TensorRT {trt.__version__} could not deserialize {self.file!r}: "
                                f"{logger.take_errors() or 'see the log above'}{lean}; {REBUILD}")
         self.context = self.engine.create_execution_context()

@@ -1,0 +1,253 @@
+"""ONNX -> TensorRT engines: one `.plan` per bucket, each with exactly one optimization profile.
+
+Why one engine per bucket rather than one engine with a profile per bucket: each engine is then
+tuned only for its own shape range, a bucket can be rebuilt or dropped alone, and the runtime
+needs no profile switching (one context per engine, no set_optimization_profile_async).
+
+Written from NVIDIA's TensorRT 11 Python API (NVIDIA/TensorRT python/src/infer/pyCore.cpp,
+python/src/parsers/pyOnnx.cpp, samples/python/simple_progress_monitor), because the builder
+cannot be installed where this was written. TensorRT 11 networks are always strongly typed:
+precision comes from the ONNX graph (FP16 casts, Q/DQ), never from builder flags, so none of
+the removed FP16/INT8 flags appear here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import time
+from pathlib import Path
+
+from trtcompile.errors import UserError
+from trtcompile.runtime.shapes import Bucket, TensorSpec
+from trtcompile.settings import HARDWARE_COMPATIBILITY, BuildSettings
+
+ENGINE_DIR = "engines"
+TIMING_CACHE = "timing.cache"
+NO_BUILDER_HINT = ("build the engines on a machine with a CUDA GPU and the full TensorRT (NVIDIA's wheels or "
+                   "tar package), e.g. `trtcompile build PACKAGE` there; the package still runs on ONNX Runtime")
+
+
+def import_builder():
+    """The full `tensorrt` module, with Builder and OnnxParser; ImportError when it is not installed."""
+    import tensorrt as trt
+
+    if not (hasattr(trt, "Builder") and hasattr(trt, "OnnxParser")):
+        raise ImportError(f"the installed tensorrt ({getattr(trt, '__file__', '?')}) has no Builder/OnnxParser")
+    return trt
+
+
+def engine_unavailable_reason(device: int = 0) -> str | None:
+    """Why no engine can be built here (no TensorRT builder, no CUDA GPU), or None when one can."""
+    try:
+        import_builder()
+    except (ImportError, OSError) as exc:
+        try:
+            import tensorrt_lean  # noqa: F401
+
+            lean = "; tensorrt_lean is installed, but it is a runtime only and cannot build engines"
+        except (ImportError, OSError):
+            lean = ""
+        return (f"the TensorRT builder is not installed (import tensorrt: {exc}){lean}. `pip install tensorrt` "
+                f"only installs a stub that downloads the libraries from NVIDIA's own package index, which "
+                f"this machine cannot reach")
+    from trtcompile.runtime.cuda import cuda_problem
+
+    problem = cuda_problem(device)
+    return f"TensorRT builds need a CUDA GPU: {problem}" if problem else None
+
+
+def validate_settings(settings: BuildSettings) -> None:
+    if not 0 <= settings.optimization_level <= 5:
+        raise UserError(f"builder optimization level {settings.optimization_level} is out of range",
+                        hint="use 0..5 (TensorRT's default is 3; higher builds slower, may run faster)")
+    if settings.workspace_mib is not None and settings.workspace_mib <= 0:
+        raise UserError(f"workspace of {settings.workspace_mib} MiB is not positive",
+                        hint="give a size in MiB, or leave it unset to let TensorRT use the GPU's memory")
+    if settings.hardware_compatibility not in HARDWARE_COMPATIBILITY:
+        raise UserError(f"hardware compatibility {settings.hardware_compatibility!r} is unknown",
+                        hint=f"use one of {', '.join(HARDWARE_COMPATIBILITY)}")
+    if settings.exclude_lean_runtime and not settings.version_compatible:
+        raise UserError("--exclude-lean-runtime only applies to version-compatible engines",
+                        hint="add --version-compatible, or drop --exclude-lean-runtime")
+    if settings.max_aux_streams is not None and settings.max_aux_streams < 0:
+        raise UserError(f"max aux streams {settings.max_aux_streams} is negative", hint="use 0 or more")
+    if settings.timing_cache is not None and Path(settings.timing_cache).is_dir():
+        raise UserError(f"timing cache {str(settings.timing_cache)!r} is a directory",
+                        hint="give a file path; it is created when missing")
+
+
+def profile_shapes(inputs: list[TensorSpec], bucket: Bucket) -> dict[str, tuple[tuple[int, ...], ...]]:
+    """Each input's (min, opt, max) shape in this bucket, as TensorRT's optimization profile wants."""
+    shapes = {}
+    for spec in inputs:
+        try:
+            lo, opt, hi = (bucket.shape_of(spec.shape, i) for i in range(3))
+        except KeyError as exc:
+            raise UserError(f"bucket {bucket.name!r} gives no range for dimension {exc.args[0]!r} of input "
+                            f"{spec.name!r} (shape {spec.shape})",
+                            hint=f"add {exc.args[0]} to the bucket in the profile file") from None
+        if any(d < 0 for d in lo) or any(not a <= b <= c for a, b, c in zip(lo, opt, hi)):
+            raise UserError(f"bucket {bucket.name!r} gives input {spec.name!r} min {list(lo)}, opt {list(opt)}, "
+                            f"max {list(hi)}", hint="each dimension needs 0 <= min <= opt <= max")
+        shapes[spec.name] = (lo, opt, hi)
+    return shapes
+
+
+def engine_file(bucket_name: str) -> str:
+    """Where a bucket's engine lives inside the package (relative, posix)."""
+    return f"{ENGINE_DIR}/{re.sub(r'[^A-Za-z0-9_.-]', '_', bucket_name)}.plan"
+
+
+def build_flags(settings: BuildSettings, tf32: bool | None = None) -> dict:
+    flags = {"optimization_level": settings.optimization_level, "workspace_mib": settings.workspace_mib,
+             "hardware_compatibility": settings.hardware_compatibility,
+             "version_compatible": settings.version_compatible,
+             "exclude_lean_runtime": settings.exclude_lean_runtime, "max_aux_streams": settings.max_aux_streams}
+    if tf32 is not None:
+        flags["tf32"] = tf32  # TensorRT's default: FP32 matmuls may run in TF32
+    return flags
+
+
+def _write_atomic(path: Path, data) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def _parse(trt, builder, logger, onnx_path: Path, inputs: list[TensorSpec]):
+    network = builder.create_network(0)  # TensorRT 11: always strongly typed, no flags needed
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = [_parser_error_text(parser.get_error(i)) for i in range(parser.num_errors)]
+        raise UserError(f"TensorRT {trt.__version__}'s ONNX parser rejected {str(onnx_path)!r}:\n    "
+                        + "\n    ".join(errors or [logger.take_errors() or "no details"]),
+                        hint="check that every op above is in TensorRT's ONNX operator support list; re-export "
+                             "with another opset or disable the pass that made the node (trtcompile optimize "
+                             "--disable PASS)")
+    names = [network.get_input(i).name for i in range(network.num_inputs)]
+    expected = [s.name for s in inputs]
+    if sorted(names) != sorted(expected):
+        raise UserError(f"{str(onnx_path)!r} has inputs {names}, but the profile describes {expected}",
+                        hint="make the profile's inputs match the model's, or re-export the model")
+    return network, parser  # the parser owns the weights: keep it alive as long as the network
+
+
+def _parser_error_text(error) -> str:
+    try:
+        where = f"node {error.node_name()!r} ({error.node_operator()}): " if error.node() >= 0 else ""
+        return f"{where}{error.desc()}"
+    except AttributeError:
+        return str(error)
+
+
+def _configure(trt, builder, settings: BuildSettings, shapes: dict, bucket: Bucket):
+    config = builder.create_builder_config()
+    config.builder_optimization_level = settings.optimization_level
+    if settings.workspace_mib:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, settings.workspace_mib << 20)
+    if settings.hardware_compatibility == "ampere_plus":
+        config.hardware_compatibility_level = trt.HardwareCompatibilityLevel.AMPERE_PLUS
+    elif settings.hardware_compatibility == "same_compute_capability":
+        config.hardware_compatibility_level = trt.HardwareCompatibilityLevel.SAME_COMPUTE_CAPABILITY
+    if settings.version_compatible:
+        config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
+        if settings.exclude_lean_runtime:
+            config.set_flag(trt.BuilderFlag.EXCLUDE_LEAN_RUNTIME)
+    if settings.max_aux_streams is not None:
+        config.max_aux_streams = settings.max_aux_streams
+    profile = builder.create_optimization_profile()
+    for name, (lo, opt, hi) in shapes.items():
+        profile.set_shape(name, lo, opt, hi)
+    if config.add_optimization_profile(profile) < 0:
+        raise UserError(f"TensorRT rejected the optimization profile of bucket {bucket.name!r}: {shapes}",
+                        hint="check the bucket's min/opt/max in the profile file")
+    return config
+
+
+def _attach_timing_cache(config, cache_bytes: bytes, logger):
+    cache = config.create_timing_cache(cache_bytes)
+    if not config.set_timing_cache(cache, ignore_mismatch=False):
+        # A cache from another GPU or TensorRT version: start afresh rather than mix timings.
+        logger.take_errors()
+        cache = config.create_timing_cache(b"")
+        config.set_timing_cache(cache, ignore_mismatch=False)
+    return cache
+
+
+def build_engines(onnx_path: Path, inputs: list[TensorSpec], buckets: list[Bucket], settings: BuildSettings,
+                  out_dir: Path, on_progress=None) -> list[dict]:
+    """Build `out_dir/engines/<bucket>.plan` for every bucket and `out_dir/timing.cache`.
+
+    Returns the manifest's engine entries. on_progress(text) gets a one-line status such as
+    "engine 'short': Tactic selection 12/40", from TensorRT's build threads; without it, rich
+    progress bars go to a terminal's stderr.
+    Raises UserError when there is no builder or GPU here, or when parsing or building fails.
+    """
+    onnx_path, out_dir = Path(onnx_path), Path(out_dir)
+    validate_settings(settings)
+    if not buckets:
+        raise UserError("no buckets to build engines for", hint="give the profile at least one bucket")
+    shapes = {b.name: profile_shapes(inputs, b) for b in buckets}
+    files = [engine_file(b.name) for b in buckets]
+    if len(set(files)) != len(files):
+        raise UserError(f"bucket names {[b.name for b in buckets]} map to clashing engine files {files}",
+                        hint="give buckets distinct names of letters, digits, '_', '-' or '.'")
+    if not onnx_path.is_file():
+        raise UserError(f"ONNX file {str(onnx_path)!r} does not exist", hint="run `trtcompile optimize` first")
+    reason = engine_unavailable_reason()
+    if reason:
+        raise UserError(f"cannot build TensorRT engines here: {reason}", hint=NO_BUILDER_HINT)
+
+    from trtcompile.build.progress import RichDisplay, make_monitor, status_line
+    from trtcompile.runtime import cuda
+    from trtcompile.runtime.tensorrt_backend import make_logger
+
+    trt = import_builder()
+    cuda.set_device(0)
+    device = cuda.device_info(0)
+    logger = make_logger(trt)
+    builder = trt.Builder(logger)
+    network, parser = _parse(trt, builder, logger, onnx_path, inputs)
+    cache_path = Path(settings.timing_cache) if settings.timing_cache else None
+    cache_bytes = cache_path.read_bytes() if cache_path and cache_path.is_file() else b""
+
+    entries = []
+    display = RichDisplay() if on_progress is None else None
+    callback = display if display is not None else status_line(on_progress)
+    with display if display is not None else contextlib.nullcontext():
+        for bucket, file in zip(buckets, files):
+            config = _configure(trt, builder, settings, shapes[bucket.name], bucket)
+            _attach_timing_cache(config, cache_bytes, logger)
+            monitor = make_monitor(trt, bucket.name, callback)
+            config.progress_monitor = monitor
+            start = time.perf_counter()
+            plan = builder.build_serialized_network(network, config)
+            seconds = time.perf_counter() - start
+            if plan is None:
+                if monitor.cancelled:
+                    raise KeyboardInterrupt
+                raise UserError(f"TensorRT {trt.__version__} failed to build the engine for bucket {bucket.name!r}: "
+                                f"{logger.take_errors() or 'see the TensorRT log above'}",
+                                hint="a smaller bucket or --workspace may help when it ran out of memory; an "
+                                     "unsupported layer needs the model changed or a plugin")
+            cache_bytes = bytes(memoryview(config.get_timing_cache().serialize()))
+            if cache_path:
+                _write_atomic(cache_path, cache_bytes)  # after each engine: a later failure keeps the timings
+            data = memoryview(plan)
+            _write_atomic(out_dir / file, data)
+            entries.append({
+                "bucket": bucket.name, "file": file, "sha256": hashlib.sha256(data).hexdigest(),
+                "bytes": data.nbytes, "tensorrt_version": trt.__version__,
+                "compute_capability": device.compute_capability, "device_name": device.name,
+                "build_flags": build_flags(settings, config.get_flag(trt.BuilderFlag.TF32)),
+                "build_seconds": round(seconds, 3),
+            })
+            del config, plan, data
+    _write_atomic(out_dir / TIMING_CACHE, cache_bytes)
+    del network, parser, builder
+    return entries
