@@ -1,0 +1,125 @@
+"""Decomposed layer norm -> ONNX `LayerNormalization` (opset 17).
+
+The exporters emit LayerNormalization themselves at opset >= 17, but the legacy exporter below
+17, older tools and hand-written norms (`(x - x.mean(-1)) / sqrt(var + eps)`) leave it spread over
+nine nodes, which TensorRT runs as nine kernels in fp32 and, in fp16, with a variance that can
+overflow. The fused op keeps fp32 accumulation (stash_type=1) whatever the input precision.
+
+```
+  x ─[Cast f32]─┬─ ReduceMean(-1) ─┐
+                └──────────────── Sub ── d ─┬─ Pow(2) ── ReduceMean(-1) ── Add(eps) ── Sqrt ─┐
+                                            └─────────────────────────── Div ◀──────────────┘
+                                                                          │
+                              y ◀── Add(bias) ◀── Mul(scale) ◀── [Cast back] ◀┘
+  =>  y = LayerNormalization(x, scale, bias, axis=-1, epsilon=eps, stash_type=1)
+```
+(Mul(d, Reciprocal(Sqrt)) and Mul(d, d) spellings match too.)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from trtcompile.passes._match import axis_is_last, escapes, rank, reduce_axes, single_consumer
+from trtcompile.passes._norm import match_affine, match_normalize, resolve_input, squared_input
+from trtcompile.passes._opset import raise_for_matches
+from trtcompile.passes.context import PassContext
+
+OPSET = 17
+
+
+def _candidates(graph: gs.Graph) -> list[gs.Node]:
+    """ReduceMean nodes whose output is subtracted from their own input: x - mean(x)."""
+    found = []
+    for node in graph.nodes:
+        if node.op != "ReduceMean" or not node.outputs:
+            continue
+        x = node.inputs[0]
+        if any(c.op == "Sub" and c.inputs[0] is x and c.inputs[1] is node.outputs[0] for c in node.outputs[0].outputs):
+            found.append(node)
+    return found
+
+
+def _match(graph: gs.Graph, mean: gs.Node):
+    x0 = mean.inputs[0]
+    if not axis_is_last(reduce_axes(mean), rank(x0)):
+        return f"mean over axes {reduce_axes(mean)}, not only the last axis"
+    sub = single_consumer(mean.outputs[0], "Sub")
+    if sub is None:
+        return "mean is used outside x - mean"
+    d = sub.outputs[0]
+    variance = None
+    for consumer in d.outputs:
+        for nxt in consumer.outputs[0].outputs if consumer.outputs else []:
+            if nxt.op == "ReduceMean" and squared_input(nxt)[1] is d:
+                variance = nxt
+    if variance is None:
+        return "x - mean is not squared and averaged (no variance)"
+    norm = match_normalize(variance)
+    if isinstance(norm, str):
+        return norm
+    affine = match_affine(norm.normalized, with_bias=True)
+    picked = resolve_input(x0, affine)
+    if isinstance(picked, str):
+        return picked
+    x, casts, dtype = picked
+    body = [mean, sub] + norm.nodes + affine.nodes
+    nodes = [c for c in casts if all(any(n is b for b in body) for n in c.outputs[0].outputs)] + body
+    leak = escapes(graph, nodes, affine.output)
+    if leak is not None:
+        return f"intermediate {leak.name!r} is used outside the layer norm"
+    hidden = _hidden_size(x0, affine)
+    if hidden is None:
+        return "hidden size unknown (no shape, no scale/bias constant)"
+    if dtype is None and affine.scale is None:
+        return "dtype of the input unknown and no scale constant to tell it"
+    dtype = dtype if dtype is not None else affine.scale.dtype
+    scale = _broadcast(affine.scale, hidden, dtype, 1.0)
+    bias = _broadcast(affine.bias, hidden, dtype, 0.0)
+    if scale is None or bias is None:
+        return "scale/bias length does not match the hidden size"
+    return x, nodes, norm.epsilon, scale, bias, affine.output
+
+
+def _hidden_size(x0: gs.Tensor, affine) -> int | None:
+    shape = getattr(x0, "shape", None)
+    if shape and isinstance(shape[-1], int) and shape[-1] > 0:
+        return shape[-1]
+    for vec in (affine.scale, affine.bias):
+        if vec is not None and vec.size > 1:
+            return int(vec.size)
+    return None
+
+
+def _broadcast(vec, hidden: int, dtype, fill: float):
+    if vec is None:
+        return np.full(hidden, fill, dtype=dtype)
+    if vec.size == 1:
+        return np.full(hidden, vec.reshape(()), dtype=vec.dtype)
+    return vec if vec.size == hidden else None
+
+
+def fuse_layer_norm(graph: gs.Graph, ctx: PassContext) -> gs.Graph:
+    def find(g):
+        return [(mean, _match(g, mean)) for mean in _candidates(g)]
+
+    graph, matches = raise_for_matches(graph, OPSET, find(graph), find, ctx)
+    for mean, found in matches:
+        if isinstance(found, str):
+            ctx.report.decline(mean.name, found)
+            continue
+        x, nodes, epsilon, scale, bias, output = found
+        name = mean.name or output.name
+        fused = gs.Node(
+            "LayerNormalization", name=f"{name}/LayerNormalization",
+            attrs={"axis": -1, "epsilon": float(epsilon), "stash_type": 1},
+            inputs=[x, gs.Constant(f"{name}/ln_scale", scale), gs.Constant(f"{name}/ln_bias", bias)],
+            outputs=[output],
+        )
+        for node in nodes:
+            node.outputs.clear()
+        graph.nodes.append(fused)
+        ctx.report.match(fused.name, epsilon=float(epsilon), hidden=int(scale.size), dtype=str(scale.dtype),
+                         removed=len(nodes))
+    return graph.cleanup(remove_unused_graph_inputs=False).toposort()

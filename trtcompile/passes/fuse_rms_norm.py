@@ -1,0 +1,93 @@
+"""Decomposed RMS norm -> ONNX `RMSNormalization` (opset 23).
+
+Llama, Mistral, Qwen, T5 and Gemma write RMSNorm by hand (`x * rsqrt(mean(x^2) + eps) * w`,
+upcast to fp32 and back), so every exporter except dynamo at opset 23 (whose onnxscript rewriter
+fuses it) leaves seven to nine nodes per norm, two norms per layer. TensorRT >= 10.15 imports
+RMSNormalization as one normalization layer that accumulates in fp32 (stash_type=1), which is also
+what the fp16 decomposition needs to avoid overflowing x^2.
+
+```
+  x ─[Cast f32]─ x0 ─┬─ Pow(2) ── ReduceMean(-1) ── Add(eps) ── Sqrt ── Reciprocal ─┐  (dynamo)
+                     │                                            └─── Div(1, ·) ───┤  (legacy)
+                     └───────────────────────────────────────────────────────── Mul ┘
+                                                                                 │
+                                           y ◀── Mul(weight) ◀── [Cast back] ◀───┘
+  =>  y = RMSNormalization(x, weight, axis=-1, epsilon=eps, stash_type=1)
+```
+Runs after fuse_layer_norm: the inner half of a layer norm is an RMS norm of x - mean(x), and is
+declined here with that reason if the layer norm itself was not fused.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from trtcompile.passes._match import escapes, producer
+from trtcompile.passes._norm import match_affine, match_normalize, resolve_input, squared_input
+from trtcompile.passes._opset import raise_for_matches
+from trtcompile.passes.context import PassContext
+
+OPSET = 23
+
+
+def _candidates(graph: gs.Graph) -> list[gs.Node]:
+    """ReduceMean nodes over a square: mean(x^2)."""
+    return [n for n in graph.nodes if n.op == "ReduceMean" and n.outputs and squared_input(n)[0] is not None]
+
+
+def _match(graph: gs.Graph, reduce: gs.Node):
+    _, x0 = squared_input(reduce)
+    sub = producer(x0, "Sub")
+    if sub is not None and producer(sub.inputs[1], "ReduceMean") is not None:
+        return "variance of a layer norm (x - mean(x)), not an RMS norm"
+    norm = match_normalize(reduce)
+    if isinstance(norm, str):
+        return norm
+    affine = match_affine(norm.normalized, with_bias=False)
+    picked = resolve_input(x0, affine)
+    if isinstance(picked, str):
+        return picked
+    x, casts, dtype = picked
+    body = norm.nodes + affine.nodes
+    nodes = [c for c in casts if all(any(n is b for b in body) for n in c.outputs[0].outputs)] + body
+    leak = escapes(graph, nodes, affine.output)
+    if leak is not None:
+        return f"intermediate {leak.name!r} is used outside the RMS norm"
+    shape = getattr(x0, "shape", None)
+    hidden = shape[-1] if shape and isinstance(shape[-1], int) and shape[-1] > 0 else None
+    scale = affine.scale
+    if scale is None:
+        if hidden is None or dtype is None:
+            return "no weight, and the hidden size or dtype is unknown"
+        scale = np.ones(hidden, dtype=dtype)
+    elif scale.size == 1 and hidden is not None:
+        scale = np.full(hidden, scale.reshape(()), dtype=scale.dtype)
+    elif hidden is not None and scale.size != hidden:
+        return f"weight has {scale.size} elements, hidden size is {hidden}"
+    return x, nodes, norm.epsilon, scale, affine.output
+
+
+def fuse_rms_norm(graph: gs.Graph, ctx: PassContext) -> gs.Graph:
+    def find(g):
+        return [(reduce, _match(g, reduce)) for reduce in _candidates(g)]
+
+    graph, matches = raise_for_matches(graph, OPSET, find(graph), find, ctx)
+    for reduce, found in matches:
+        if isinstance(found, str):
+            ctx.report.decline(reduce.name, found)
+            continue
+        x, nodes, epsilon, scale, output = found
+        name = reduce.name or output.name
+        fused = gs.Node(
+            "RMSNormalization", name=f"{name}/RMSNormalization",
+            attrs={"axis": -1, "epsilon": float(epsilon), "stash_type": 1},
+            inputs=[x, gs.Constant(f"{name}/rms_scale", scale)],
+            outputs=[output],
+        )
+        for node in nodes:
+            node.outputs.clear()
+        graph.nodes.append(fused)
+        ctx.report.match(fused.name, epsilon=float(epsilon), hidden=int(scale.size), dtype=str(scale.dtype),
+                         removed=len(nodes))
+    return graph.cleanup(remove_unused_graph_inputs=False).toposort()

@@ -1,0 +1,316 @@
+"""Rotary position embedding -> ONNX `RotaryEmbedding` (opset 23), correct for any batch size.
+
+Two jobs, both for Llama/Mistral/Qwen-style decoders (and GPT-J/NeoX-style interleaving):
+
+1. Fuse the decomposition every exporter except dynamo at 23 leaves, per Q and K per layer:
+```
+  half-rotation (HF rotate_half)            interleaved (GPT-J rotate_every_two)
+  x ─┬─ Slice[:h/2] ───────────┐             x ─┬─ Slice[0::2] ── Unsqueeze(-1) ──────┐
+     ├─ Slice[h/2:] ── Neg ── Concat(-1)     ├─ Slice[1::2] ── Neg ── Unsqueeze(-1) ─ Concat(-1) ── Reshape
+     │                           │           │                                               │
+     └─ Mul(cos) ─── Add ◀── Mul(sin)        └─ Mul(cos) ─── Add ◀── Mul(sin) ◀──────────────┘
+  =>  RotaryEmbedding(x, cos_cache, sin_cache, interleaved=0|1)
+```
+   x is [B, N, S, H] (heads before sequence, as HF applies it). HF's cos/sin are [b, S, H]
+   with each half (or each pair) duplicated, unsqueezed on the head axis; the op wants the
+   non-duplicated [B, S, H/2]. We only fuse when the duplication is proven: a constant whose
+   halves are equal, or `Concat(f, f)` under elementwise ops (Cos, Sin, Cast, scalar Mul...),
+   which we then rebuild on f. The cache is expanded to the batch of x, since positions computed
+   from `arange` have batch 1.
+
+2. Repair the dynamo exporter's own opset-23 RotaryEmbedding: its cos/sin caches are 3-D with
+   batch 1 (positions from `arange`, no position_ids input), and ONNX Runtime rejects batch > 1
+   (the spec wants the 3-D cache's batch to equal the input's). Expand the caches to the input's
+   batch: Expand(cache, [B, 1, 1]).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from trtcompile.passes._match import (const_value, escapes, other_input, producer, rank, scalar, single_consumer,
+                                      split_const)
+from trtcompile.passes._opset import raise_for_matches
+from trtcompile.passes.context import PassContext
+
+OPSET = 23
+_UNARY = ("Cos", "Sin", "Cast", "Identity", "Neg")
+_SCALAR_BINARY = ("Mul", "Div", "Add", "Sub")
+_BIG = 2**31 - 1
+
+
+def _slice_params(node: gs.Node):
+    """(start, end, axis, step) of a Slice with constant single-axis parameters, else None."""
+    if node is None or node.op != "Slice" or len(node.inputs) < 3:
+        return None
+    vals = [const_value(t) if t is not None and t.name else None for t in node.inputs[1:5]]
+    vals += [None] * (4 - len(vals))
+    start, end, axes, steps = vals
+    if start is None or end is None or start.size != 1 or end.size != 1:
+        return None
+    axis = int(axes.reshape(-1)[0]) if axes is not None and axes.size == 1 else (None if axes is not None else 0)
+    step = int(steps.reshape(-1)[0]) if steps is not None and steps.size == 1 else (None if steps is not None else 1)
+    if axis is None or step is None:
+        return None
+    return int(start.reshape(-1)[0]), int(end.reshape(-1)[0]), axis, step
+
+
+def _is_last(axis: int, r: int | None) -> bool:
+    return axis == -1 or (r is not None and axis == r - 1)
+
+
+def _head_size(x: gs.Tensor) -> int | None:
+    shape = getattr(x, "shape", None)
+    if shape and len(shape) == 4 and isinstance(shape[-1], int) and shape[-1] > 0:
+        return shape[-1]
+    return None
+
+
+def _match_rotation(neg: gs.Node):
+    """From the Neg of a rotation: (x, mode, nodes, rotated) or a reason string."""
+    x2 = producer(neg.inputs[0], "Slice")
+    p2 = _slice_params(x2)
+    if p2 is None:
+        return "Neg input is not a Slice with constant parameters"
+    x = x2.inputs[0]
+    r = rank(x)
+    if r is not None and r != 4:
+        return f"rotated tensor has rank {r}, not [B, N, S, H]"
+    head = _head_size(x)
+    if head is None:
+        return "head size of the rotated tensor unknown (run fold_shapes first)"
+    half = head // 2
+    start2, end2, axis2, step2 = p2
+    if not _is_last(axis2, 4):
+        return "slices are not on the last axis"
+    if step2 == 1:
+        mode = "half"
+        if start2 != half or end2 < head:
+            return f"second half slice is [{start2}:{end2}], not [{half}:]"
+        concat = single_consumer(neg.outputs[0], "Concat")
+        if concat is None or len(concat.inputs) != 2 or concat.inputs[0] is not neg.outputs[0] \
+                or not _is_last(int(concat.attrs.get("axis", 0)), 4):
+            return "-x2 is not concatenated first on the last axis"
+        x1 = producer(concat.inputs[1], "Slice")
+        p1 = _slice_params(x1)
+        if p1 is None or x1.inputs[0] is not x or p1[0] != 0 or p1[1] != half or p1[3] != 1 \
+                or not _is_last(p1[2], 4):
+            return "Concat's second input is not x[..., :h/2]"
+        return x, mode, [x1, x2, neg, concat], concat.outputs[0]
+    if step2 == 2:
+        mode = "interleaved"
+        if start2 != 1:
+            return f"odd-element slice starts at {start2}"
+        u2 = single_consumer(neg.outputs[0], "Unsqueeze")
+        if u2 is None or not _unsqueezes_last(u2):
+            return "interleaved: -x2 is not unsqueezed on a new last axis"
+        concat = single_consumer(u2.outputs[0], "Concat")
+        if concat is None or len(concat.inputs) != 2 or concat.inputs[0] is not u2.outputs[0]:
+            return "interleaved: -x2 is not stacked first"
+        u1 = producer(concat.inputs[1], "Unsqueeze")
+        x1 = producer(u1.inputs[0], "Slice") if u1 is not None and _unsqueezes_last(u1) else None
+        p1 = _slice_params(x1)
+        if p1 is None or x1.inputs[0] is not x or p1[0] != 0 or p1[3] != 2:
+            return "interleaved: second stacked input is not x[..., 0::2]"
+        reshape = single_consumer(concat.outputs[0], "Reshape")
+        target = const_value(reshape.inputs[1]) if reshape is not None else None
+        if target is None or target.size != 4 or int(target[-1]) not in (head, -1) or any(int(t) not in (0,) for t in target[:1]) and int(target[-1]) == -1:
+            shape = getattr(reshape.outputs[0], "shape", None) if reshape is not None else None
+            if shape is None or list(shape) != list(x.shape):
+                return "interleaved: stacked pairs are not flattened back to x's shape"
+        return x, mode, [x1, x2, neg, u1, u2, concat, reshape], reshape.outputs[0]
+    return f"slice step {step2} is neither 1 (half rotation) nor 2 (interleaved)"
+
+
+def _unsqueezes_last(node: gs.Node) -> bool:
+    axes = node.attrs.get("axes")
+    if axes is None and len(node.inputs) > 1:
+        axes = const_value(node.inputs[1])
+    if axes is None or np.asarray(axes).size != 1:
+        return False
+    axis = int(np.asarray(axes).reshape(-1)[0])
+    out_rank = rank(node.outputs[0])
+    return axis == -1 or (out_rank is not None and axis == out_rank - 1) or axis == 4
+
+
+def _match(graph: gs.Graph, neg: gs.Node):
+    found = _match_rotation(neg)
+    if isinstance(found, str):
+        return found
+    x, mode, nodes, rotated = found
+    m_sin = single_consumer(rotated, "Mul")
+    if m_sin is None:
+        return "rotated x is not multiplied by sin alone"
+    sin = other_input(m_sin, rotated)
+    add = single_consumer(m_sin.outputs[0], "Add")
+    if add is None:
+        return "rotated·sin is not added to anything"
+    m_cos = producer(other_input(add, m_sin.outputs[0]), "Mul")
+    cos = other_input(m_cos, x) if m_cos is not None else None
+    if cos is None:
+        return "rotated·sin is not added to x·cos"
+    nodes = nodes + [m_sin, m_cos, add]
+    leak = escapes(graph, nodes, add.outputs[0])
+    if leak is not None:
+        return f"intermediate {leak.name!r} is used outside the rotary embedding"
+    for what, t in (("cos", cos), ("sin", sin)):
+        reason = _cache_source(t)
+        if isinstance(reason, str):
+            return f"{what}: {reason}"
+    return x, mode, nodes, cos, sin, add.outputs[0]
+
+
+def _cache_source(t: gs.Tensor):
+    """The rank-3 [b, S, H] tensor or constant that `t` ([b, 1, S, H]) broadcasts from."""
+    value = const_value(t)
+    if value is not None:
+        if value.ndim > 4:
+            return "constant cache of rank > 4"
+        value = value.reshape((1,) * (4 - value.ndim) + value.shape)
+        if value.shape[1] != 1:
+            return "constant cache varies over heads"
+        return value[:, 0]
+    unsq = producer(t, "Unsqueeze")
+    if unsq is None:
+        return "not Unsqueeze(cache, head axis) nor a constant (layout [B, S, N, H] is not fused)"
+    axes = unsq.attrs.get("axes")
+    if axes is None and len(unsq.inputs) > 1:
+        axes = const_value(unsq.inputs[1])
+    if axes is None or [int(a) for a in np.asarray(axes).ravel()] not in ([1], [-3]):
+        return f"cache unsqueezed on axes {None if axes is None else np.asarray(axes).tolist()}, not the head axis 1"
+    inner = unsq.inputs[0]
+    if rank(inner) not in (None, 3):
+        return f"cache has rank {rank(inner)}, not [b, S, H]"
+    return inner
+
+
+class _CacheBuilder:
+    """Builds the non-duplicated, batch-expanded caches, sharing them between layers."""
+
+    def __init__(self, graph: gs.Graph):
+        self.graph = graph
+        self.memo: dict = {}
+        self.batch: dict = {}
+        self.target: gs.Variable | None = None   # [B, 1, 1], B read from the first rotated input
+
+    def add(self, op: str, inputs, attrs=None, name: str = "rope") -> gs.Variable:
+        out = gs.Variable(self.graph_unique(name))
+        self.graph.nodes.append(gs.Node(op, name=out.name, attrs=attrs or {}, inputs=list(inputs), outputs=[out]))
+        return out
+
+    def graph_unique(self, base: str) -> str:
+        from trtcompile.passes._match import unique_name
+
+        return unique_name(self.graph, f"rope/{base}")
+
+    def halve(self, t, mode: str, head: int):
+        """t[..., :head/2] (half) or t[..., 0::2] (interleaved), only where the other half is equal."""
+        key = (id(t), mode) if not isinstance(t, np.ndarray) else None
+        if key is not None and key in self.memo:
+            return self.memo[key]
+        result = self._halve(t, mode, head)
+        if key is not None:
+            self.memo[key] = result
+        return result
+
+    def _halve(self, t, mode: str, head: int):
+        value = t if isinstance(t, np.ndarray) else const_value(t)
+        if value is not None:
+            if value.shape[-1] != head:
+                return None
+            a, b = (value[..., : head // 2], value[..., head // 2:]) if mode == "half" else (value[..., 0::2], value[..., 1::2])
+            return gs.Constant(self.graph_unique("cache"), np.ascontiguousarray(a)) if np.array_equal(a, b) else None
+        node = producer(t)
+        if node is None:
+            return None
+        if mode == "half" and node.op == "Concat" and len(node.inputs) == 2 and node.inputs[0] is node.inputs[1] \
+                and _is_last(int(node.attrs.get("axis", 0)), rank(t)):
+            return node.inputs[0]
+        if node.op in _UNARY:
+            inner = self.halve(node.inputs[0], mode, head)
+            return None if inner is None else self.add(node.op, [inner], dict(node.attrs), node.op.lower())
+        if node.op in _SCALAR_BINARY:
+            const, other = split_const(node)
+            if const is None or scalar(const) is None:
+                return None
+            inner = self.halve(other, mode, head)
+            if inner is None:
+                return None
+            inputs = [inner, const] if node.inputs[1] is const else [const, inner]
+            return self.add(node.op, inputs, dict(node.attrs), node.op.lower())
+        return None
+
+    def for_batch_of(self, cache: gs.Tensor, x: gs.Tensor) -> gs.Tensor:
+        """Expand(cache [b, S, h], [B, 1, 1]) with B read from x: the spec's 3-D cache is per batch."""
+        # The exporter recomputes Cos/Sin per layer: key on (op, input) so every layer shares one.
+        node = producer(cache)
+        key = (node.op, id(node.inputs[0])) if node is not None and node.op in _UNARY and not node.attrs \
+            else id(cache)
+        if key in self.batch:
+            return self.batch[key]
+        if self.target is None:
+            shape = self.add("Shape", [x], {"start": 0, "end": 1}, "batch")
+            self.target = self.add("Concat", [shape, gs.Constant(self.graph_unique("ones"), np.ones(2, np.int64))],
+                                   {"axis": 0}, "expand_shape")
+        out = self.add("Expand", [cache, self.target], name="cache_batch")
+        self.batch[key] = out
+        return out
+
+
+def _needs_batch_expand(cache: gs.Tensor, x: gs.Tensor) -> bool:
+    cshape, xshape = getattr(cache, "shape", None), getattr(x, "shape", None)
+    if cshape and xshape and len(cshape) == 3:
+        b, xb = cshape[0], xshape[0]
+        return not (b == xb and not (isinstance(b, int) and b == 1 and xb != 1))
+    return True
+
+
+def _repair(graph: gs.Graph, ctx: PassContext, builder: _CacheBuilder) -> None:
+    for node in [n for n in graph.nodes if n.op == "RotaryEmbedding"]:
+        has_positions = len(node.inputs) > 3 and node.inputs[3] is not None and node.inputs[3].name
+        if has_positions:
+            continue
+        x, cos, sin = node.inputs[:3]
+        if rank(cos) not in (None, 3) or rank(sin) not in (None, 3):
+            ctx.report.decline(node.name, f"3-D cache expected without position_ids, got rank {rank(cos)}")
+            continue
+        if not (_needs_batch_expand(cos, x) or _needs_batch_expand(sin, x)):
+            continue
+        node.inputs[1] = builder.for_batch_of(cos, x)
+        node.inputs[2] = builder.for_batch_of(sin, x)
+        ctx.report.match(node.name, repaired="cos/sin cache expanded to the input batch")
+
+
+def fuse_rotary(graph: gs.Graph, ctx: PassContext) -> gs.Graph:
+    def find(g):
+        return [(neg, _match(g, neg)) for neg in g.nodes if neg.op == "Neg"]
+
+    graph, matches = raise_for_matches(graph, OPSET, find(graph), find, ctx)
+    builder = _CacheBuilder(graph)
+    _repair(graph, ctx, builder)
+    for neg, found in matches:
+        if isinstance(found, str):
+            if producer(neg.inputs[0], "Slice") is not None:   # a Neg of anything else is no candidate
+                ctx.report.decline(neg.name, found)
+            continue
+        x, mode, nodes, cos, sin, output = found
+        head = _head_size(x)
+        caches = []
+        for t in (cos, sin):
+            source = _cache_source(t)
+            half = builder.halve(source, mode, head)
+            if half is None:
+                break
+            caches.append(builder.for_batch_of(half, x))
+        if len(caches) != 2:
+            ctx.report.decline(neg.name, "cos/sin duplication across the rotated halves not provable")
+            continue
+        name = f"{neg.name or output.name}/RotaryEmbedding"
+        fused = gs.Node("RotaryEmbedding", name=name, attrs={"interleaved": int(mode == "interleaved")},
+                        inputs=[x, *caches], outputs=[output])
+        for node in nodes:
+            node.outputs.clear()
+        graph.nodes.append(fused)
+        ctx.report.match(name, mode=mode, head_size=head, removed=len(nodes))
+    return graph.cleanup(remove_unused_graph_inputs=False).toposort()
