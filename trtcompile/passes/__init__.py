@@ -14,6 +14,11 @@ import onnx_graphsurgeon as gs
 
 from trtcompile.passes.context import ModelInfo, PassContext
 from trtcompile.passes.fold_constants import fold_constants
+from trtcompile.passes.fold_shapes import fold_shapes
+from trtcompile.passes.fuse_gelu import fuse_gelu
+from trtcompile.passes.fuse_layer_norm import fuse_layer_norm
+from trtcompile.passes.fuse_rms_norm import fuse_rms_norm
+from trtcompile.passes.fuse_rotary import fuse_rotary
 from trtcompile.passes.report import PassReport
 
 log = logging.getLogger("trtcompile.passes")
@@ -22,6 +27,11 @@ Pass = Callable[[gs.Graph, PassContext], gs.Graph]
 
 PIPELINE: list[Pass] = [
     fold_constants,
+    fold_shapes,      # legacy exports carry no shapes: infer them, fold the shape arithmetic
+    fuse_layer_norm,  # before RMS norm: a layer norm's inner half looks like one
+    fuse_rms_norm,
+    fuse_gelu,
+    fuse_rotary,      # also repairs the dynamo exporter's batch-1 RotaryEmbedding caches
 ]
 
 __all__ = ["PIPELINE", "ModelInfo", "PassContext", "PassReport", "run_pipeline"]
