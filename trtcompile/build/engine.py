@@ -27,7 +27,8 @@ from trtcompile.settings import HARDWARE_COMPATIBILITY, BuildSettings
 ENGINE_DIR = "engines"
 TIMING_CACHE = "timing.cache"
 NO_BUILDER_HINT = ("build the engines on a machine with a CUDA GPU and the full TensorRT (NVIDIA's wheels or "
-                   "tar package), e.g. `trtcompile build PACKAGE` there; the package still runs on ONNX Runtime")
+                   "tar package): `trtcompile build` on the package's model.onnx there; without engines the "
+                   "package still runs on ONNX Runtime")
 
 
 def import_builder():
@@ -127,8 +128,7 @@ def _parse(trt, builder, logger, onnx_path: Path, inputs: list[TensorSpec]):
         raise UserError(f"TensorRT {trt.__version__}'s ONNX parser rejected {str(onnx_path)!r}:\n    "
                         + "\n    ".join(errors or [logger.take_errors() or "no details"]),
                         hint="check that every op above is in TensorRT's ONNX operator support list; re-export "
-                             "with another opset or disable the pass that made the node (trtcompile optimize "
-                             "--disable PASS)")
+                             "with another opset, or skip the pass that made the node (--disable-pass NAME)")
     names = [network.get_input(i).name for i in range(network.num_inputs)]
     expected = [s.name for s in inputs]
     if sorted(names) != sorted(expected):
@@ -171,7 +171,7 @@ def _configure(trt, builder, settings: BuildSettings, shapes: dict, bucket: Buck
 
 def _attach_timing_cache(config, cache_bytes: bytes, logger):
     cache = config.create_timing_cache(cache_bytes)
-    if not config.set_timing_cache(cache, ignore_mismatch=False):
+    if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
         # A cache from another GPU or TensorRT version: start afresh rather than mix timings.
         logger.take_errors()
         cache = config.create_timing_cache(b"")
@@ -233,7 +233,7 @@ def build_engines(onnx_path: Path, inputs: list[TensorSpec], buckets: list[Bucke
                     raise KeyboardInterrupt
                 raise UserError(f"TensorRT {trt.__version__} failed to build the engine for bucket {bucket.name!r}: "
                                 f"{logger.take_errors() or 'see the TensorRT log above'}",
-                                hint="a smaller bucket or --workspace may help when it ran out of memory; an "
+                                hint="a smaller bucket or a --workspace limit may help when it ran out of memory; an "
                                      "unsupported layer needs the model changed or a plugin")
             cache_bytes = bytes(memoryview(config.get_timing_cache().serialize()))
             if cache_path:

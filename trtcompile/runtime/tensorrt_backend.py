@@ -30,7 +30,7 @@ NUMPY_DTYPES = {"FLOAT": "float32", "HALF": "float16", "INT8": "int8", "INT32": 
                 "INT64": "int64", "BOOL": "bool", "UINT8": "uint8"}
 # How many CUDA graphs (one per input-shape combination) a bucket keeps before dropping the oldest.
 MAX_GRAPHS_PER_BUCKET = 8
-REBUILD = "rebuild the engines on this machine (`trtcompile build`)"
+REBUILD = "rebuild the engines on this machine (`trtcompile build` on the package's model.onnx)"
 
 
 def import_tensorrt():
@@ -92,7 +92,7 @@ def engine_mismatch(entry: dict, *, tensorrt_version: str, compute_capability: s
                     f"{device_name} is {compute_capability}: {REBUILD}")
     elif cc_built != cc_here:
         return (f"engine {file!r} was built for {built_on} and {device_name} is compute capability "
-                f"{compute_capability}: {REBUILD}, or compile with --hardware-compatibility ampere_plus")
+                f"{compute_capability}: {REBUILD}, or compile with --hardware-compat ampere_plus")
     return None
 
 
@@ -205,6 +205,9 @@ class EngineSession:
         wanted = max_shapes(inputs + outputs, self.bucket)
         for name in engine_inputs:
             lo, _, hi = (tuple(d) for d in engine.get_tensor_profile_shape(name, 0))
+            if name not in wanted:
+                raise PackageError(f"input {name!r} has shape {specs[name].shape}, with a dimension bucket "
+                                   f"{self.bucket.name!r} gives no range for; recompile the package")
             want_lo, want_hi = self.bucket.shape_of(specs[name].shape, 0), wanted[name]
             if any(a < b for a, b in zip(want_lo, lo)) or any(a > b for a, b in zip(want_hi, hi)):
                 raise PackageError(f"engine {self.file!r} accepts {name!r} from {list(lo)} to {list(hi)}, but "
@@ -342,6 +345,8 @@ class EngineSession:
 
 
 class TensorRTBackend:
+    """Runs a package's engines; one call at a time (each bucket owns one context and one stream)."""
+
     name = "tensorrt"
 
     def __init__(self, manifest: Manifest, device: int = 0, *, cuda_graphs: bool = True, copy_outputs: bool = True):
