@@ -182,8 +182,9 @@ class Graph:
     def capture(cls, stream: Stream, enqueue) -> "Graph | None":
         """Capture `enqueue()` (which returns False on failure); None when it cannot be captured.
 
-        Thread-local mode: other threads' CUDA calls neither break nor join this capture. A failed
-        capture is ended and its error cleared so the stream is usable uncaptured afterwards.
+        Follows trtexec's TrtCudaGraph (NVIDIA/TensorRT samples/common/sampleDevice.h): thread-local
+        mode, so other threads' CUDA calls neither break nor join this capture; a failed capture is
+        ended, its graph destroyed and the error cleared, so the stream works uncaptured afterwards.
         """
         cudart = _cudart()
         mode = cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal

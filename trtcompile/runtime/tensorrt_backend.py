@@ -278,9 +278,11 @@ class EngineSession:
             self._infer_shapes()
         self._execute()
         shape_changed, self.last_key = key != self.last_key, key
-        # TensorRT updates per-shape state on the first enqueue after a shape change, so capture
-        # only after that run; the graph is launched from the next call with the same shapes.
+        # TensorRT does per-shape setup on the first enqueue after a shape change, which must not
+        # end up in the graph: capture after that run has finished, as trtexec does
+        # (samples/common/sampleInference.cpp); the graph serves the next call with these shapes.
         if self.cuda_graphs and shape_changed and key not in self.graphs and key not in self.uncapturable:
+            self.stream.synchronize()
             graph = cuda.Graph.capture(self.stream, lambda: self.context.execute_async_v3(self.stream.handle))
             if graph is None:
                 self.uncapturable.add(key)
