@@ -67,8 +67,9 @@ def hash_files(paths: list[Path]) -> str:
     return digest.hexdigest()
 
 
-def load_source(spec: str) -> Source:
+def load_source(spec: "str | Path") -> Source:
     """A Hugging Face checkpoint directory, `file.py:factory`, or an `.onnx` file."""
+    spec = str(spec)
     path = Path(spec)
     if spec.endswith(".onnx"):
         from trtcompile.export.onnx_file import load_onnx_source

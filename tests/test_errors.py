@@ -1,0 +1,172 @@
+"""Bad input gets a clear message naming the file/input, the value and the fix; a failed compile
+leaves no partial package and never damages an existing one."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from trtcompile import runtime
+from trtcompile.compile import compile_package
+from trtcompile.errors import UserError
+from trtcompile.profiles import load_profile
+from trtcompile.runtime.manifest import sha256_of
+from trtcompile.settings import BuildSettings, VerifySettings
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture(scope="module")
+def bert_package(checkpoint, tmp_path_factory):
+    out = tmp_path_factory.mktemp("pkg") / "bert"
+    compile_package(str(checkpoint("bert")), out, profile_path=DATA / "tiny-encoder.yaml")
+    return out
+
+
+def test_missing_checkpoint(tmp_path):
+    with pytest.raises(UserError, match=r"does not exist.*\n.*never downloads"):
+        compile_package(str(tmp_path / "nope"), tmp_path / "out")
+
+
+def test_checkpoint_with_bad_config(tmp_path):
+    (tmp_path / "ck").mkdir()
+    (tmp_path / "ck" / "config.json").write_text("{not json")
+    with pytest.raises(UserError, match=r"config.json' is not valid JSON"):
+        compile_package(str(tmp_path / "ck"), tmp_path / "out")
+
+
+def test_checkpoint_without_weights(tmp_path):
+    (tmp_path / "ck").mkdir()
+    (tmp_path / "ck" / "config.json").write_text(json.dumps({"model_type": "bert", "architectures": ["BertModel"]}))
+    with pytest.raises(UserError, match=r"no weights.*\n.*model.safetensors"):
+        compile_package(str(tmp_path / "ck"), tmp_path / "out")
+
+
+def test_directory_that_is_not_a_checkpoint(tmp_path):
+    with pytest.raises(UserError, match=r"has no config.json"):
+        compile_package(str(tmp_path), tmp_path / "out")
+
+
+@pytest.mark.parametrize("text, key", [
+    ("inputs: {input_ids: [batch, sequence]}\nbuckets: {short: {batch: [1, 1, 8], sequence: [1, 300, 128]}}",
+     "buckets.short.sequence"),
+    ("inputs: {input_ids: [batch, sequence]}\nbuckets: {short: {batch: [1, 1, 8]}}", "buckets.short"),
+    ("inputs: {input_ids: batch}\nbuckets: {short: {batch: [1, 1, 8]}}", "inputs.input_ids"),
+    ("inputs: {input_ids: [batch]}\nbuckets: {short: {batch: [1, 1, 8], seq: [1, 2, 3]}}", "buckets.short.seq"),
+    ("inputs: {input_ids: [batch]}\nbuckets: {b: {batch: [1, 1, 8]}}\nbucket: {}", "'bucket'"),
+    ("inputs: [", "not valid YAML"),
+])
+def test_malformed_profile_names_the_key(tmp_path, text, key):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(UserError) as err:
+        load_profile(path)
+    assert key in str(err.value) and "bad.yaml" in str(err.value)
+
+
+def test_profile_missing_an_input(checkpoint, tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("inputs: {input_ids: [batch, sequence]}\nbuckets: {b: {batch: [1, 1, 2], sequence: [1, 4, 8]}}")
+    with pytest.raises(UserError, match=r"no shape for model input 'attention_mask'"):
+        compile_package(str(checkpoint("bert")), tmp_path / "out", profile_path=path)
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda f: f.update(input_idz=f.pop("input_ids")), r"unknown input 'input_idz'"),
+    (lambda f: f.pop("attention_mask"), r"missing input 'attention_mask'"),
+    (lambda f: f.update(input_ids=f["input_ids"].astype(np.int32)), r"'input_ids' has dtype int32, expected int64"),
+    (lambda f: f.update(input_ids=f["input_ids"][0]), r"'input_ids' has rank 1 .* expected rank 2"),
+    (lambda f: f.update({k: np.ones((1, 65), np.int64) for k in f}),
+     r"'input_ids': sequence = 65 is outside every bucket \(short: 1..16, long: 17..64\)"),
+    (lambda f: f.update(attention_mask=np.ones((2, 9), np.int64)), r"'attention_mask' dimension 1 \('sequence'\) is 9"),
+])
+def test_runtime_input_errors(bert_package, mutate, message):
+    model = runtime.load(bert_package, backend="onnxruntime")
+    feeds = {t.name: np.ones((2, 8), np.int64) for t in model.inputs}
+    model.run(feeds)  # the unmutated feeds are fine
+    mutate(feeds)
+    with pytest.raises(runtime.InputError, match=message):
+        model.run(feeds)
+
+
+def test_package_that_does_not_match_its_manifest(bert_package, tmp_path):
+    import shutil
+
+    copy = tmp_path / "pkg"
+    shutil.copytree(bert_package, copy)
+    with open(copy / "model.onnx", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(runtime.PackageError, match=r"'model.onnx' in package .* does not match its manifest"):
+        runtime.load(copy)
+    (copy / "model.onnx").unlink()
+    with pytest.raises(runtime.PackageError, match=r"missing 'model.onnx'"):
+        runtime.load(copy)
+    with pytest.raises(runtime.PackageError, match=r"has no manifest.json"):
+        runtime.load(tmp_path)
+
+
+def test_require_engine_without_tensorrt(checkpoint, tmp_path):
+    from trtcompile.build import engine_unavailable_reason
+
+    if engine_unavailable_reason() is None:
+        pytest.skip("TensorRT and a GPU are present: an engine can be built here")
+    out = tmp_path / "out"
+    with pytest.raises(UserError, match=r"no TensorRT engine can be built here.*\n.*--require-engine"):
+        compile_package(str(checkpoint("bert")), out, profile_path=DATA / "tiny-encoder.yaml",
+                        build=BuildSettings(require_engine=True))
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_failed_compile_keeps_the_old_package(checkpoint, bert_package, tmp_path):
+    """A verification failure (tolerance 0) must neither write OUT nor touch an existing package."""
+    import shutil
+
+    out = tmp_path / "pkg"
+    shutil.copytree(bert_package, out)
+    before = {p.name: sha256_of(p) for p in out.iterdir() if p.is_file()}
+    strict = VerifySettings(atol={"fp32": 0.0}, min_cosine={"fp32": 1.0})
+    with pytest.raises(UserError, match=r"verification failed: output 'last_hidden_state' .* max abs"):
+        compile_package(str(checkpoint("bert")), out, profile_path=DATA / "tiny-encoder.yaml", verify=strict)
+    assert {p.name: sha256_of(p) for p in out.iterdir() if p.is_file()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["pkg"]  # no partial directory left behind
+
+
+def test_refuses_to_replace_a_directory_that_is_not_a_package(checkpoint, tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(UserError, match=r"exists and is not a trtcompile package"):
+        compile_package(str(checkpoint("bert")), tmp_path / "mine", profile_path=DATA / "tiny-encoder.yaml")
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+def test_interrupted_compile_leaves_nothing(checkpoint, tmp_path):
+    """SIGTERM in the middle of a compile (after the package directory is started) removes it."""
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
+    proc = subprocess.Popen([sys.executable, "-m", "trtcompile.cli", "compile", str(checkpoint("bert")), "-o", str(out),
+                             "--profile", str(DATA / "tiny-encoder.yaml"), "-q"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(tmp_path.glob(".out.partial-*")) and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, "compile ended before it could be interrupted"
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+    assert proc.returncode != 0
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_prints_user_errors_without_traceback(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
+    proc = subprocess.run([sys.executable, "-m", "trtcompile.cli", "compile", str(tmp_path / "missing"), "-o",
+                           str(tmp_path / "o")], env=env, capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("error: model ") and "Traceback" not in proc.stderr
