@@ -121,6 +121,46 @@ def test_backend_refuses_to_start_without_its_environment(tmp_path):
     assert problem in str(info.value)
 
 
+def test_cuda_wrappers_reach_the_real_driver_api_without_a_gpu():
+    # Without a GPU every call returns an error code: getting CudaError naming the call (not a
+    # TypeError) shows each wrapper passes arguments cuda-python accepts and unpacks its result.
+    if CUDA_PROBLEM is None:
+        pytest.skip("a GPU is present: the GPU tests below cover these calls")
+    from cuda.bindings import runtime as cudart
+
+    for make, call in [(cuda.Stream, "cudaStreamCreateWithFlags"), (lambda: cuda.DeviceArena(1024), "cudaMalloc"),
+                       (lambda: cuda.PinnedArena(1024), "cudaMallocHost"), (lambda: cuda.set_device(0), "cudaSetDevice"),
+                       (lambda: cuda.device_info(0), "cudaGetDeviceProperties")]:
+        with pytest.raises(cuda.CudaError, match=f"{call}.* failed: cudaError"):
+            make()
+    stream = cuda.Stream.__new__(cuda.Stream)
+    stream.stream = cudart.cudaStream_t(0)  # a handle value; no stream could be created here
+    for copy in (cuda.copy_htod_async, cuda.copy_dtoh_async, cuda.copy_dtod_async):
+        with pytest.raises(cuda.CudaError, match="cudaMemcpyAsync"):
+            copy(256, 512, 16, stream)
+    with pytest.raises(cuda.CudaError, match="cudaStreamBeginCapture"):
+        cuda.Graph.capture(stream, lambda: True)
+    with pytest.raises(cuda.CudaError, match="cudaStreamSynchronize"):
+        stream.synchronize()
+
+
+def test_tensorrt_errors_reach_the_backend_logger():
+    # The real tensorrt_lean Runtime, created without a GPU, reports its CUDA failure through the
+    # logger. The half-made runtime crashes on teardown, so this runs in a child that skips it.
+    if CUDA_PROBLEM is None:
+        pytest.skip("a GPU is present: the runtime would start without errors")
+    pytest.importorskip("tensorrt_lean", reason="tensorrt_lean is not installed (pip install tensorrt-lean-cu13)")
+    code = ("import os, tensorrt_lean as trt\n"
+            "from trtcompile.runtime.tensorrt_backend import make_logger\n"
+            "logger = make_logger(trt)\n"
+            "runtime = trt.Runtime(logger)\n"
+            "print(logger.take_errors(), flush=True)\n"
+            "os._exit(0)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "CUDA" in out.stdout and "[TensorRT] ERROR" in out.stderr
+
+
 def test_runtime_backend_imports_nothing_from_the_compiler():
     code = (
         "import sys, json\n"
