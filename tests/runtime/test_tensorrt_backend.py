@@ -128,8 +128,10 @@ def test_cuda_wrappers_reach_the_real_driver_api_without_a_gpu():
         pytest.skip("a GPU is present: the GPU tests below cover these calls")
     from cuda.bindings import runtime as cudart
 
-    for make, call in [(cuda.Stream, "cudaStreamCreateWithFlags"), (lambda: cuda.DeviceArena(1024), "cudaMalloc"),
-                       (lambda: cuda.PinnedArena(1024), "cudaMallocHost"), (lambda: cuda.set_device(0), "cudaSetDevice"),
+    for make, call in [(cuda.Stream, "cudaStreamCreateWithFlags"),
+                       (lambda: cuda.DeviceArena(1024), "cudaMalloc"),
+                       (lambda: cuda.PinnedArena(1024), "cudaMallocHost"),
+                       (lambda: cuda.set_device(0), "cudaSetDevice"),
                        (lambda: cuda.device_info(0), "cudaGetDeviceProperties")]:
         with pytest.raises(cuda.CudaError, match=f"{call}.* failed: cudaError"):
             make()

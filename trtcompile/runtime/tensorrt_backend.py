@@ -158,9 +158,10 @@ class Tensor:
 class EngineSession:
     """One bucket's engine, context, stream, buffers and CUDA graphs.
 
-    The lower-level pieces (`upload`, `enqueue`, `download`, `tensors`, `bind`) are public so a
-    generate loop can keep tensors on the device between steps, e.g. `bind("past_key_0", ptr)`
-    to point an input at another buffer, and `download(["logits"])` for only what it needs.
+    The lower-level pieces are public so a generate loop can keep tensors on the device between
+    steps: `tensors[name].device_ptr` (this session's buffer), `bind(name, ptr)` to point a tensor
+    at another device buffer, `set_input_shapes` for inputs already on the device, `upload` for
+    the rest, `enqueue`, and `download(["logits"])` for only what the host needs.
     """
 
     def __init__(self, trt, runtime, logger, entry: dict, plan: bytes, bucket: Bucket,
@@ -256,17 +257,21 @@ class EngineSession:
             raise RuntimeError(f"set_tensor_address({name!r}) failed: {self.logger.take_errors()}")
         self.drop_graphs()
 
-    def upload(self, feeds: dict[str, np.ndarray], *, copy: bool = True) -> None:
-        """Set input shapes; with copy, stage each array through pinned memory to its device buffer."""
+    def upload(self, feeds: dict[str, np.ndarray]) -> None:
+        """Set each input's shape and stage its array through pinned memory to its device buffer."""
         for name, array in feeds.items():
             t = self.tensors[name]
             if array.size > t.capacity:
                 raise InputError(f"input {name!r} shape {list(array.shape)} exceeds bucket "
                                  f"{self.bucket.name!r}'s max ({t.capacity} elements)")
             self._set_shape(name, tuple(array.shape))
-            if copy:
-                np.copyto(t.host[:array.size].reshape(array.shape), array, casting="no")
-                cuda.copy_htod_async(t.device_ptr, self.host.ptr + t.offset, array.nbytes, self.stream)
+            np.copyto(t.host[:array.size].reshape(array.shape), array, casting="no")
+            cuda.copy_htod_async(t.device_ptr, self.host.ptr + t.offset, array.nbytes, self.stream)
+
+    def set_input_shapes(self, shapes: dict[str, tuple[int, ...]]) -> None:
+        """Shapes only, for inputs whose data is already on the device (e.g. a KV cache bound with `bind`)."""
+        for name, shape in shapes.items():
+            self._set_shape(name, tuple(int(d) for d in shape))
 
     def enqueue(self) -> None:
         """Run the engine on the stream: uncaptured after a shape change, from a CUDA graph afterwards."""
