@@ -252,7 +252,11 @@ class EngineSession:
             raise InputError(f"engine {self.file!r} still needs shapes for {list(missing)}")
 
     def bind(self, name: str, ptr: int) -> None:
-        """Point a tensor at a device address (256-byte aligned); drops captured graphs, which baked in the old one."""
+        """Point a tensor at a device address (256-byte aligned).
+
+        Captured graphs baked in the old address, so they are dropped; a loop that rebinds or
+        changes shapes every step gains nothing from graphs and should set `cuda_graphs = False`.
+        """
         if not self.context.set_tensor_address(name, ptr):
             raise RuntimeError(f"set_tensor_address({name!r}) failed: {self.logger.take_errors()}")
         self.drop_graphs()
