@@ -136,6 +136,18 @@ def test_parser_errors_name_the_node_and_say_what_to_do(tmp_path):
 
 # --- without TensorRT ---------------------------------------------------------------------------
 
+def test_the_tiny_model_is_valid_and_runs_in_onnx_runtime(tmp_path):
+    # The TensorRT tests above cannot run on CPU machines; this keeps their model from rotting.
+    import onnx
+
+    from helpers import ort_run
+
+    path = tiny_onnx(tmp_path / "model.onnx")
+    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+    out = ort_run(str(path), feeds_for(3, 16))
+    assert out["y"].shape == (3, 16, 4) and out["h"].shape == (3, 16, 8)
+
+
 def test_unavailable_reason_says_why_and_build_refuses_with_it(tmp_path):
     if REASON is None:
         pytest.skip("TensorRT and a GPU are present: engines can be built")
