@@ -32,6 +32,34 @@ def time_fn(fn: Callable[[], object], *, warmup: int = 5, iters: int = 50, max_s
         samples.append((time.perf_counter() - start) * 1e3)
         if time.perf_counter() > deadline and len(samples) >= 5:
             break
+    return _timing(samples)
+
+
+def time_interleaved(fns: dict[str, Callable[[], object]], *, warmup: int = 5, iters: int = 50,
+                     max_seconds: float = 60.0, on_round=None) -> dict[str, Timing]:
+    """Time several candidates round-robin, one call each per round.
+
+    On a noisy machine, load changes over seconds; interleaving spreads it evenly across the
+    candidates, so their ratios stay meaningful even when absolute times drift.
+    """
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    deadline = time.perf_counter() + max_seconds
+    for i in range(iters):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            samples[name].append((time.perf_counter() - start) * 1e3)
+        if on_round is not None:
+            on_round(i + 1, iters)
+        if time.perf_counter() > deadline and i >= 4:
+            break
+    return {name: _timing(s) for name, s in samples.items()}
+
+
+def _timing(samples: list[float]) -> Timing:
     arr = np.asarray(samples)
     return Timing(float(np.median(arr)), float(np.percentile(arr, 99)), float(arr.mean()), len(samples))
 
