@@ -15,6 +15,7 @@ import onnx_graphsurgeon as gs
 from trtcompile.passes.context import ModelInfo, PassContext
 from trtcompile.passes.fold_constants import fold_constants
 from trtcompile.passes.fold_shapes import fold_shapes
+from trtcompile.passes.fuse_attention import fuse_attention
 from trtcompile.passes.fuse_gelu import fuse_gelu
 from trtcompile.passes.fuse_layer_norm import fuse_layer_norm
 from trtcompile.passes.fuse_rms_norm import fuse_rms_norm
@@ -32,6 +33,7 @@ PIPELINE: list[Pass] = [
     fuse_rms_norm,
     fuse_gelu,
     fuse_rotary,      # also repairs the dynamo exporter's batch-1 RotaryEmbedding caches
+    fuse_attention,   # after rotary: Q/K then come straight from RotaryEmbedding
 ]
 
 __all__ = ["PIPELINE", "ModelInfo", "PassContext", "PassReport", "run_pipeline"]

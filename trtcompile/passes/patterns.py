@@ -1,0 +1,156 @@
+"""Small matching utilities shared by the fusion passes (no pass lives here).
+
+What every matcher needs and onnx-graphsurgeon does not give directly: the one producer or the
+one consumer of a tensor, the value of a constant (initializer or `Constant` node), shapes for
+graphs that come without `value_info`, the symbolic value of a shape tensor (the exporters build
+Reshape/Expand targets from Shape -> Slice/Gather -> Concat chains), and a safe opset bump.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+def producer(tensor: gs.Tensor, op: str | tuple[str, ...] | None = None) -> gs.Node | None:
+    """The node producing `tensor` (None for graph inputs and constants), optionally of op(s)."""
+    if isinstance(tensor, gs.Constant) or not tensor.inputs:
+        return None
+    node = tensor.inputs[0]
+    if op is not None and node.op not in ((op,) if isinstance(op, str) else op):
+        return None
+    return node
+
+
+def consumers(tensor: gs.Tensor) -> list[gs.Node]:
+    return list(tensor.outputs)
+
+
+def only_consumer(tensor: gs.Tensor, graph: gs.Graph) -> gs.Node | None:
+    """The single node reading `tensor`, or None if several read it or it is a graph output."""
+    if len(tensor.outputs) != 1 or tensor in graph.outputs:
+        return None
+    return tensor.outputs[0]
+
+
+def const_value(tensor: gs.Tensor) -> np.ndarray | None:
+    """Value of an initializer or of a `Constant` node's output (through Identity/Cast), else None."""
+    if isinstance(tensor, gs.Constant):
+        return np.asarray(tensor.values)
+    node = producer(tensor)
+    if node is None:
+        return None
+    if node.op == "Constant":
+        value = node.attrs.get("value")
+        if isinstance(value, gs.Constant):
+            return np.asarray(value.values)
+        for key in ("value_float", "value_int"):
+            if key in node.attrs:
+                return np.asarray(node.attrs[key])
+        for key in ("value_floats", "value_ints"):
+            if key in node.attrs:
+                return np.asarray(node.attrs[key])
+        return None
+    if node.op == "Identity":
+        return const_value(node.inputs[0])
+    if node.op == "Cast":
+        inner = const_value(node.inputs[0])
+        if inner is None:
+            return None
+        return inner.astype(onnx.helper.tensor_dtype_to_np_dtype(node.attrs["to"]))
+    return None
+
+
+def scalar_value(tensor: gs.Tensor) -> float | None:
+    """A constant with exactly one element, as float (a scale, a fill value), else None."""
+    value = const_value(tensor)
+    if value is None or value.size != 1:
+        return None
+    return float(value.reshape(()))
+
+
+def rank(tensor: gs.Tensor) -> int | None:
+    return None if tensor.shape is None else len(tensor.shape)
+
+
+def dims_equal(a, b) -> bool:
+    """Two dims are known equal: same int, or the same symbolic name."""
+    return a is not None and b is not None and a == b
+
+
+def shape_value(tensor: gs.Tensor, depth: int = 12) -> list | None:
+    """The value of a 1-D shape tensor as ints and symbolic names, or None if it is not knowable.
+
+    Follows Constant, Shape, Slice, Gather, Concat, Unsqueeze, Squeeze, Cast, Identity; a dim that
+    shape inference left unknown becomes a name unique to its tensor and axis, so it still
+    compares equal to itself wherever the same Shape output is used.
+    """
+    value = const_value(tensor)
+    if value is not None:
+        return [int(v) for v in np.atleast_1d(value).ravel()]
+    node = producer(tensor)
+    if node is None or depth == 0:
+        return None
+    if node.op == "Shape":
+        src = node.inputs[0]
+        if src.shape is None:
+            return None
+        dims = [d if isinstance(d, int) else (d if isinstance(d, str) and d else f"?{src.name}:{i}")
+                for i, d in enumerate(src.shape)]
+        start, end = node.attrs.get("start", 0), node.attrs.get("end", None)
+        return dims[start:end]
+    if node.op in ("Cast", "Identity", "Unsqueeze", "Squeeze"):
+        return shape_value(node.inputs[0], depth - 1)
+    if node.op == "Concat":
+        parts = [shape_value(t, depth - 1) for t in node.inputs]
+        return None if any(p is None for p in parts) else list(itertools.chain(*parts))
+    if node.op == "Gather":
+        data, idx = shape_value(node.inputs[0], depth - 1), const_value(node.inputs[1])
+        if data is None or idx is None or node.attrs.get("axis", 0) != 0:
+            return None
+        try:
+            return [data[int(i)] for i in np.atleast_1d(idx).ravel()]
+        except IndexError:
+            return None
+    if node.op == "Slice":
+        data = shape_value(node.inputs[0], depth - 1)
+        vals = [const_value(t) if t is not None and t.name else None for t in node.inputs[1:]]
+        if data is None or vals[0] is None or vals[1] is None:
+            return None
+        if len(vals) > 2 and vals[2] is not None and int(np.ravel(vals[2])[0]) not in (0, -1):
+            return None
+        step = int(np.ravel(vals[3])[0]) if len(vals) > 3 and vals[3] is not None else 1
+        start, end = int(np.ravel(vals[0])[0]), int(np.ravel(vals[1])[0])
+        n = len(data)
+        start, end = max(min(start, n), -n - 1), max(min(end, n), -n - 1)
+        return data[slice(start, end, step)]
+    return None
+
+
+def infer_missing_shapes(graph: gs.Graph) -> None:
+    """Fill in shapes/dtypes where tensors have none (hand-built graphs, legacy exports run
+    without `fold_shapes`): matchers check ranks and head counts."""
+    if any(isinstance(t, gs.Variable) and (t.shape is None or t.dtype is None) for t in graph.tensors().values()):
+        from trtcompile.passes.fold_shapes import infer_shapes
+
+        try:
+            infer_shapes(graph)
+        except Exception:  # best effort: matchers then decline on unknown ranks, with a reason
+            pass
+
+
+class NameScope:
+    """Unique node/tensor names for the nodes a pass adds (checked against the whole graph)."""
+
+    def __init__(self, graph: gs.Graph):
+        self.taken = {n.name for n in graph.nodes} | set(graph.tensors().keys())
+
+    def __call__(self, base: str) -> str:
+        name, i = base, 0
+        while name in self.taken:
+            i += 1
+            name = f"{base}_{i}"
+        self.taken.add(name)
+        return name
