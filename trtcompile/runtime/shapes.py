@@ -24,7 +24,8 @@ class Bucket:
         return all(lo <= values[d] <= hi for d, (lo, _, hi) in self.dims.items() if d in values)
 
     def size(self) -> int:
-        return int(np.prod([hi for (_, _, hi) in self.dims.values()] or [1], dtype=np.int64))
+        # max(hi, 1): a dimension fixed at 0 (prefill past length) must not zero the product
+        return int(np.prod([max(hi, 1) for (_, _, hi) in self.dims.values()] or [1], dtype=np.int64))
 
     def shape_of(self, spec: list, which: int) -> tuple[int, ...]:
         """The concrete shape of a symbolic spec at min (0), opt (1) or max (2) of this bucket."""
