@@ -11,10 +11,10 @@ TensorRT's parser accepts and what keeps decode steps aligned (tensorrt11.md). `
 an input because the exporter's own rotary fusion otherwise fixes cos/sin to batch 1
 (environment.md); the runtime computes positions from the attention mask, as HF `generate` does.
 
-Export note: the past tensors' names (`past_key_values.0.key`) are not Python identifiers, and
-torch.export cannot map `dynamic_shapes` onto a `**kwargs` forward. So the module also takes its
-inputs positionally (in `input_names` order), and `export_onnx` here exports it that way; the
-generic exporter should call `module.export_onnx(shapes, settings)` when the module has one.
+The past tensors' names (`past_key_values.0.key`) are not Python identifiers, so forward takes
+`(*args, **kwargs)`: keywords by name (how export/torch_export.py and verification call it) or
+positionally in `input_names` order. torch.export maps a `dynamic_shapes` dict keyed by those
+names onto that signature (it refuses it for a plain `**kw` forward).
 """
 
 from __future__ import annotations
@@ -72,9 +72,6 @@ def _decoder_class():
             for layer in out.past_key_values.layers:
                 flat += [layer.keys, layer.values]
             return tuple(flat)
-
-        def export_onnx(self, shapes: dict[str, list], settings=None, example_inputs: dict | None = None):
-            return export_onnx(self, shapes, settings, example_inputs)
 
     return CausalLMWithCache
 
@@ -159,71 +156,5 @@ def causal_lm_io(model, config: dict) -> DecoderIO:
         "max_context": max_context(config), "tokenizer_dir": TOKENIZER_DIR, **_generation_ids(model, config),
     }
     module = _decoder_class()(model, input_names, num_layers).eval()
-    module.example_inputs = examples  # for module.export_onnx(shapes, settings)
     return DecoderIO(module=module, input_names=input_names, output_names=output_names, example_inputs=examples,
                      shapes=shapes, manifest_extra={"generation": generation}, default_profile=default_profile)
-
-
-def export_onnx(module, shapes: dict[str, list], settings=None, example_inputs: dict | None = None):
-    """Export a CausalLMWithCache positionally with dynamic batch/sequence/past (past may be 0).
-
-    `shapes` gives each input's symbolic shape (the profile's names); the ONNX inputs get those
-    names back, so `past_sequence+sequence` reads as such on attention_mask.
-    """
-    import io
-    import logging
-    import warnings
-    from contextlib import redirect_stderr, redirect_stdout
-
-    import torch
-    from torch.export import Dim
-
-    from trtcompile.errors import UserError
-
-    opset = getattr(settings, "opset", 23)
-    optimize = getattr(settings, "exporter_optimize", True)
-    if not getattr(settings, "dynamo", True):
-        raise UserError("causal LMs with a KV cache export only with the dynamo exporter",
-                        hint="drop --legacy-exporter")
-    names = module.input_names
-    examples = example_inputs if example_inputs is not None else module.example_inputs
-    dims: dict[str, Dim] = {}
-
-    def dim(name: str) -> Dim:
-        if name not in dims:
-            # past_sequence may be 0 (prefill); the others are at least 1.
-            lo = 0 if name == "past_sequence" else 1
-            dims[name] = Dim(name.replace("+", "_plus_"), min=lo, max=1 << 20)
-        return dims[name]
-
-    dynamic = tuple({axis: dim(d) for axis, d in enumerate(shapes[n]) if isinstance(d, str)} or None
-                    for n in names)
-    n_out = 1 + 2 * module.num_layers
-    output_names = ["logits", *kv_names(module.num_layers)[1]][:n_out]
-    log = io.StringIO()
-    try:
-        with warnings.catch_warnings(), redirect_stdout(log), redirect_stderr(log):
-            warnings.simplefilter("ignore")
-            logging.getLogger("torch").setLevel(logging.ERROR)
-            program = torch.onnx.export(module, tuple(examples[n] for n in names), dynamo=True,
-                                        opset_version=opset, input_names=names, output_names=output_names,
-                                        dynamic_shapes=(dynamic,), optimize=optimize, external_data=False)
-    except Exception as exc:
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"exporting the causal LM with a KV cache failed: {type(exc).__name__}: {detail}",
-                        hint="check the model runs with transformers' DynamicCache; try a newer transformers") from exc
-    model = program.model_proto
-    _name_dims(model, shapes)
-    return model
-
-
-def _name_dims(model, shapes: dict[str, list]) -> None:
-    """Put the profile's dimension names on the graph inputs and outputs."""
-    for value in list(model.graph.input) + list(model.graph.output):
-        want = shapes.get(value.name)
-        if not want:
-            continue
-        for d, w in zip(value.type.tensor_type.shape.dim, want):
-            if isinstance(w, str):
-                d.ClearField("dim_value")
-                d.dim_param = w

@@ -148,8 +148,11 @@ def check_request(buckets: list[Bucket], batch: int, prompt: int, max_new_tokens
         raise InputError(f"max_new_tokens={max_new_tokens} must be >= 1")
 
     def ranges(dim: str, only_decode: bool = False) -> str:
+        def decodes(b: Bucket) -> bool:  # takes one new token on top of a non-empty cache
+            return b.contains({"sequence": 1}) and b.dims.get("past_sequence", (0, 0, 1))[2] >= 1
+
         return ", ".join(f"{b.name}: {lo}..{hi}" for b in buckets for d, (lo, _, hi) in b.dims.items()
-                         if d == dim and (not only_decode or b.dims.get("sequence", (1, 1, 1))[0] <= 1))
+                         if d == dim and (not only_decode or decodes(b)))
 
     if not _fits(buckets, batch=batch, sequence=prompt, past_sequence=0):
         raise InputError(f"a prompt of {prompt} tokens with batch {batch} fits no prefill bucket "
