@@ -1,0 +1,151 @@
+"""`trtcompile generate OUT --prompt "..."`: stream text from a causal-LM package, then TTFT and tokens/s.
+
+Uses the tokenizer the compile step copied into the package (via `tokenizers`, else
+`transformers`, whichever is installed); without one, pass token ids with `--ids 1,2,3`.
+Registered by cli.py (`cli.add_command(generate)`).
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+import time
+from pathlib import Path
+
+import click
+
+
+def _user_errors(fn):
+    """User errors print as one message and exit 1 (cli.user_errors, without importing cli.py)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from trtcompile.errors import UserError
+        from trtcompile.runtime import InputError, PackageError
+
+        try:
+            return fn(*args, **kwargs)
+        except (UserError, PackageError, InputError) as exc:
+            click.secho(f"error: {exc}", fg="red", err=True)
+            sys.exit(1)
+    return wrapper
+
+
+class TokenizerText:
+    """encode/decode with the package's tokenizer; decode of the whole tail keeps merges and bytes right."""
+
+    def __init__(self, directory: Path):
+        self.encode_fn = self.decode_fn = None
+        tokenizer_json = directory / "tokenizer.json"
+        try:
+            from tokenizers import Tokenizer
+
+            if tokenizer_json.is_file():
+                tok = Tokenizer.from_file(str(tokenizer_json))
+                self.encode_fn = lambda text: tok.encode(text).ids
+                self.decode_fn = lambda ids: tok.decode(ids, skip_special_tokens=True)
+                return
+        except ImportError:
+            pass
+        try:
+            from transformers import AutoTokenizer
+        except ImportError:
+            return
+        tok = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+        self.encode_fn = lambda text: tok(text)["input_ids"]
+        self.decode_fn = lambda ids: tok.decode(ids, skip_special_tokens=True)
+
+    @property
+    def available(self) -> bool:
+        return self.encode_fn is not None
+
+
+def find_tokenizer(package: Path, manifest_data: dict) -> TokenizerText | None:
+    name = (manifest_data.get("generation") or {}).get("tokenizer_dir") or manifest_data.get("tokenizer")
+    if not name or not (package / name).is_dir():
+        return None
+    tok = TokenizerText(package / name)
+    return tok if tok.available else None
+
+
+def parse_ids(text: str, option: str) -> list[int]:
+    from trtcompile.errors import UserError
+
+    try:
+        ids = [int(t) for t in text.replace(" ", ",").split(",") if t.strip()]
+    except ValueError:
+        raise UserError(f"{option} {text!r} is not a comma-separated list of token ids", hint=f"e.g. {option} 1,2,3")
+    if option == "--ids" and not ids:
+        raise UserError(f"{option} is empty", hint="give at least one token id, e.g. --ids 1,2,3")
+    return ids
+
+
+def run_generate(package: Path, prompt: str | None, ids: str | None, max_new_tokens: int, temperature: float,
+                 top_k: int, top_p: float, seed: int | None, stop_ids: str | None, backend: str,
+                 echo=click.echo) -> dict:
+    """Stream tokens to `echo` as they come; return the timings (also printed)."""
+    import numpy as np
+
+    from trtcompile import runtime
+    from trtcompile.errors import UserError
+
+    if (prompt is None) == (ids is None):
+        raise UserError("give exactly one of --prompt TEXT or --ids 1,2,3")
+    with runtime.load(package, backend=backend) as model:
+        tokenizer = find_tokenizer(Path(package), model.manifest.data)
+        if prompt is not None:
+            if tokenizer is None:
+                raise UserError(f"package {str(package)!r} has no usable tokenizer (none was copied in at compile "
+                                f"time, or neither `tokenizers` nor `transformers` is installed)",
+                                hint="pass token ids instead: --ids 1,2,3 (or pip install tokenizers)")
+            prompt_ids = tokenizer.encode_fn(prompt)
+        else:
+            prompt_ids = parse_ids(ids, "--ids")
+        stops = parse_ids(stop_ids, "--stop-ids") if stop_ids is not None else None
+        sampling = dict(do_sample=temperature > 0, temperature=temperature if temperature > 0 else 1.0,
+                        top_k=top_k, top_p=top_p, seed=seed)
+        start = time.perf_counter()
+        steps = model.stream(np.asarray([prompt_ids], np.int64), max_new_tokens=max_new_tokens,
+                             stop_tokens=stops, **sampling)
+        new: list[int] = []
+        shown = ""
+        first = None
+        for step in steps:
+            token = int(step[0])
+            if first is None:
+                first = time.perf_counter()
+            new.append(token)
+            if tokenizer is not None:
+                text = tokenizer.decode_fn(new)
+                echo(text[len(shown):], nl=False)
+                shown = text
+            else:
+                echo(f"{token} ", nl=False)
+        end = time.perf_counter()
+        echo("")
+        stats = {"backend": model.backend_name, "prompt_tokens": len(prompt_ids), "new_tokens": len(new),
+                 "ttft_ms": (first - start) * 1e3,
+                 "tokens_per_s": (len(new) - 1) / (end - first) if len(new) > 1 and end > first else float("nan"),
+                 "total_s": end - start}
+        echo(f"[{stats['backend']}] prompt {stats['prompt_tokens']} tokens, {stats['new_tokens']} new: "
+             f"TTFT {stats['ttft_ms']:.1f} ms, {stats['tokens_per_s']:.1f} tokens/s after the first "
+             f"({stats['total_s']:.2f} s in all)")
+        return stats
+
+
+@click.command()
+@click.argument("package", type=click.Path(path_type=Path))
+@click.option("--prompt", help="Text, tokenized with the package's tokenizer.")
+@click.option("--ids", help="Prompt as token ids, comma-separated (when the package has no tokenizer).")
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="0 = greedy; > 0 samples with this temperature.")
+@click.option("--top-k", type=click.IntRange(min=0), default=0, show_default=True, help="Sampling: keep the k most likely (0 = all).")
+@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True,
+              help="Sampling: nucleus mass to keep.")
+@click.option("--seed", type=int, help="Sampling seed, for reproducible output.")
+@click.option("--stop-ids", help="Stop token ids, comma-separated (default: the model's eos; '' for none).")
+@click.option("--backend", type=click.Choice(("auto", "tensorrt", "onnxruntime")), default="auto", show_default=True)
+@_user_errors
+def generate(package, prompt, ids, max_new_tokens, temperature, top_k, top_p, seed, stop_ids, backend):
+    """Generate text from a causal-LM package, printing tokens as they come, then TTFT and tokens/s."""
+    run_generate(package, prompt, ids, max_new_tokens, temperature, top_k, top_p, seed, stop_ids, backend)
