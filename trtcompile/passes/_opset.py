@@ -50,12 +50,14 @@ def ensure_opset(graph: gs.Graph, version: int) -> gs.Graph:
 
 def _set_import(graph: gs.Graph, version: int) -> None:
     # gs writes graph.opset as the default-domain import; keep an explicit entry in sync if present.
+    # The entries may be shared with the ModelProto the graph was imported from: replace, never mutate.
     imports = getattr(graph, "import_domains", None)
     if not imports:
         return
-    for entry in imports:
-        if entry.domain in ("", "ai.onnx"):
-            entry.version = version
+    from onnx.helper import make_opsetid
+
+    graph.import_domains = [make_opsetid(e.domain, version if e.domain in ("", "ai.onnx") else e.version)
+                            for e in imports]
 
 
 def raise_for_matches(graph: gs.Graph, version: int, found: list, rematch, ctx) -> tuple[gs.Graph, list]:

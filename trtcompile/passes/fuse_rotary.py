@@ -114,11 +114,14 @@ def _match_rotation(neg: gs.Node):
         if p1 is None or x1.inputs[0] is not x or p1[0] != 0 or p1[3] != 2:
             return "interleaved: second stacked input is not x[..., 0::2]"
         reshape = single_consumer(concat.outputs[0], "Reshape")
-        target = const_value(reshape.inputs[1]) if reshape is not None else None
-        if target is None or target.size != 4 or int(target[-1]) not in (head, -1) or any(int(t) not in (0,) for t in target[:1]) and int(target[-1]) == -1:
-            shape = getattr(reshape.outputs[0], "shape", None) if reshape is not None else None
-            if shape is None or list(shape) != list(x.shape):
-                return "interleaved: stacked pairs are not flattened back to x's shape"
+        if reshape is None:
+            return "interleaved: stacked pairs are not reshaped back"
+        target = const_value(reshape.inputs[1])
+        exact = target is not None and target.size == 4 and int(target[-1]) == head \
+            and all(int(t) == 0 for t in target[:3]) and not reshape.attrs.get("allowzero", 0)
+        shape = getattr(reshape.outputs[0], "shape", None)
+        if not exact and (shape is None or list(shape) != list(x.shape)):
+            return "interleaved: stacked pairs are not flattened back to x's shape"
         return x, mode, [x1, x2, neg, u1, u2, concat, reshape], reshape.outputs[0]
     return f"slice step {step2} is neither 1 (half rotation) nor 2 (interleaved)"
 
@@ -155,10 +158,34 @@ def _match(graph: gs.Graph, neg: gs.Node):
     if leak is not None:
         return f"intermediate {leak.name!r} is used outside the rotary embedding"
     for what, t in (("cos", cos), ("sin", sin)):
-        reason = _cache_source(t)
-        if isinstance(reason, str):
-            return f"{what}: {reason}"
+        source = _cache_source(t)
+        if isinstance(source, str):
+            return f"{what}: {source}"
+        if not _duplicated(source, mode, _head_size(x)):
+            return f"{what}: duplication across the rotated halves not provable"
     return x, mode, nodes, cos, sin, add.outputs[0]
+
+
+def _duplicated(t, mode: str, head: int) -> bool:
+    """Whether t[..., first half] == t[..., second half] (or even == odd elements) is provable;
+    the same recursion _CacheBuilder.halve builds on."""
+    value = t if isinstance(t, np.ndarray) else const_value(t)
+    if value is not None:
+        if value.shape[-1] != head:
+            return False
+        a, b = (value[..., : head // 2], value[..., head // 2:]) if mode == "half" else (value[..., 0::2], value[..., 1::2])
+        return bool(np.array_equal(a, b))
+    node = producer(t)
+    if node is None:
+        return False
+    if mode == "half" and node.op == "Concat" and len(node.inputs) == 2 and node.inputs[0] is node.inputs[1]:
+        return _is_last(int(node.attrs.get("axis", 0)), rank(t))
+    if node.op in _UNARY:
+        return _duplicated(node.inputs[0], mode, head)
+    if node.op in _SCALAR_BINARY:
+        const, other = split_const(node)
+        return const is not None and scalar(const) is not None and _duplicated(other, mode, head)
+    return False
 
 
 def _cache_source(t: gs.Tensor):
@@ -303,9 +330,7 @@ def fuse_rotary(graph: gs.Graph, ctx: PassContext) -> gs.Graph:
             if half is None:
                 break
             caches.append(builder.for_batch_of(half, x))
-        if len(caches) != 2:
-            ctx.report.decline(neg.name, "cos/sin duplication across the rotated halves not provable")
-            continue
+        assert len(caches) == 2, "_duplicated and _CacheBuilder.halve disagree"
         name = f"{neg.name or output.name}/RotaryEmbedding"
         fused = gs.Node("RotaryEmbedding", name=name, attrs={"interleaved": int(mode == "interleaved")},
                         inputs=[x, *caches], outputs=[output])
