@@ -66,8 +66,9 @@ def package_stage(model: onnx.ModelProto, out: Path, *, reports: list, warnings:
                                  "to package the ONNX model without engines")
         else:
             manifest["build"]["engines_skipped"] = reason
-            progress.line(f"[yellow]no engines:[/yellow] {reason}; packaged model.onnx only "
-                          f"(runs with the ONNX Runtime backend; `trtcompile build` on a TensorRT machine adds engines)")
+            # One line; the full reason is in the manifest (`trtcompile inspect`).
+            progress.line(f"[yellow]no engines:[/yellow] {reason.split(';')[0].split('. ')[0]}; packaged "
+                          f"model.onnx for the ONNX Runtime backend (--require-engine makes this an error)")
         manifest["build"]["settings"] = _settings_dict(build)
         manifest["build"]["timings_s"] = dict(progress.timings)
         pkg.write_manifest(manifest)

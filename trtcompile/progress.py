@@ -19,7 +19,7 @@ class Progress:
             try:
                 from rich.console import Console
 
-                self._console = Console(stderr=True)
+                self._console = Console(stderr=True, soft_wrap=True)
             except ImportError:
                 pass
 
