@@ -13,8 +13,8 @@ a stop token) keeps pace with pad tokens, and the loop ends when every sequence 
 The KV cache lives in preallocated buffers sized once per request (and reused by later requests
 that fit): on ONNX Runtime, two flat host buffers per past tensor bound through IOBinding, so each
 step writes present straight into the buffer the next step reads as past (ping-pong) and nothing
-of the cache is reallocated or copied by us; on TensorRT the same in device memory, with only the
-last position's logits coming back to the host.
+of the cache is reallocated or copied by us; on TensorRT the same in device memory (DeviceKVCache),
+with only ids/mask/positions going up and logits coming back.
 
 Imports numpy and trtcompile.runtime only.
 """
@@ -218,6 +218,9 @@ class HostKVCache:
         self.past = {p: out[q] for p, q in zip(lay.past_inputs, lay.present_outputs)}
         return out[lay.logits][:, -1, :]
 
+    def finish(self) -> None:
+        self.past = {}
+
     def close(self) -> None:
         self.past = {}
 
@@ -277,6 +280,9 @@ class OrtKVCache:
         self.current = 1 - self.current
         return self.logits[:need].reshape(self.batch, new, self.vocab)[:, -1, :]
 
+    def finish(self) -> None:
+        pass
+
     def close(self) -> None:
         self.buffers = [[], []]
 
@@ -309,23 +315,26 @@ def _decode_loop(model, layout, ids, mask, max_new_tokens, sampling, rng, stops,
     batch, prompt = ids.shape
     cache = _kv_cache_for(model, layout, batch, prompt + max_new_tokens - 1)
     cache.start(batch)
-    # HF's positions: cumsum of the mask - 1, pads at 0, then +1 per generated token.
-    positions = np.where(mask == 1, np.cumsum(mask, axis=1) - 1, 0).astype(np.int64)
-    pads = prompt - mask.sum(axis=1)
-    full_mask = (np.arange(prompt + max_new_tokens)[None, :] >= pads[:, None]).astype(np.int64)
-    logits = cache.step(ids, mask, positions)
-    next_pos = positions[:, -1:] + 1
-    done = np.zeros(batch, bool)
-    for step in range(max_new_tokens):
-        tokens = choose_tokens(logits, sampling, rng)
-        tokens = np.where(done, pad, tokens)
-        done |= np.isin(tokens, stops)
-        yield tokens
-        if done.all() or step == max_new_tokens - 1:
-            return
-        length = prompt + step + 1
-        logits = cache.step(tokens[:, None], np.ascontiguousarray(full_mask[:, :length]), next_pos)
-        next_pos = next_pos + 1
+    try:
+        # HF's positions: cumsum of the mask - 1, pads at 0, then +1 per generated token.
+        positions = np.where(mask == 1, np.cumsum(mask, axis=1) - 1, 0).astype(np.int64)
+        pads = prompt - mask.sum(axis=1)
+        full_mask = (np.arange(prompt + max_new_tokens)[None, :] >= pads[:, None]).astype(np.int64)
+        logits = cache.step(ids, mask, positions)
+        next_pos = positions[:, -1:] + 1
+        done = np.zeros(batch, bool)
+        for step in range(max_new_tokens):
+            tokens = choose_tokens(logits, sampling, rng)
+            tokens = np.where(done, pad, tokens)
+            done |= np.isin(tokens, stops)
+            yield tokens
+            if done.all() or step == max_new_tokens - 1:
+                return
+            length = prompt + step + 1
+            logits = cache.step(tokens[:, None], np.ascontiguousarray(full_mask[:, :length]), next_pos)
+            next_pos = next_pos + 1
+    finally:
+        cache.finish()  # also when the caller stops iterating early
 
 
 def generate(model, input_ids, attention_mask=None, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, *,
@@ -343,6 +352,82 @@ def generate(model, input_ids, attention_mask=None, max_new_tokens: int = DEFAUL
     return np.concatenate([ids, np.stack(steps, axis=1)], axis=1)
 
 
+# --- TensorRT: the KV cache in device memory -----------------------------------------------------
+
+
 def _device_cache_class():
-    """The TensorRT device-memory cache, when the TensorRT backend offers what it needs (below)."""
-    return None
+    return DeviceKVCache
+
+
+class DeviceKVCache:
+    """TensorRT backend: the cache in two device arenas, bound straight to the engines' past/present.
+
+    Step t binds every past input to arena t % 2 and every present output to arena (t + 1) % 2
+    (EngineSession.bind), sets the past shapes, uploads only ids/mask/positions, and downloads
+    only the logits: the cache never leaves the device. Prefill and decode run on different
+    buckets' engines (each with its own stream); the per-step logits download synchronizes, so
+    the next engine always reads a finished cache. CUDA graphs are off while generating (shapes
+    change every step), and `finish` rebinds each session's own buffers so Model.run works after.
+    """
+
+    def __init__(self, model, layout: DecoderLayout, per_token: list[int], capacity: int, dtypes: list):
+        from trtcompile.runtime import cuda
+
+        self.model, self.layout = model, layout
+        self.per_token, self.capacity, self.dtypes = per_token, capacity, dtypes
+        sizes = {n: k * capacity * dt.itemsize for n, k, dt in zip(layout.past_inputs, per_token, dtypes)}
+        self.offsets, total = cuda.layout(sizes)
+        self.arenas = []
+        try:
+            self.arenas = [cuda.DeviceArena(total), cuda.DeviceArena(total)]
+        except BaseException:
+            self.close()
+            raise
+        self.touched: dict[str, tuple] = {}  # bucket name -> (session, its cuda_graphs setting)
+        self.length = self.current = self.batch = 0
+
+    def fits(self, per_token, capacity, dtypes) -> bool:
+        return per_token == self.per_token and capacity <= self.capacity and dtypes == self.dtypes
+
+    def start(self, batch: int) -> None:
+        self.length, self.current, self.batch = 0, 0, batch
+
+    def _session(self, new: int):
+        dims = {"batch": self.batch, "sequence": new, "past_sequence": self.length}
+        bucket = min((b for b in self.model.buckets if b.contains(dims)), key=Bucket.size)
+        session = self.model.backend.session(bucket)
+        if bucket.name not in self.touched:
+            self.touched[bucket.name] = (session, session.cuda_graphs)
+            session.cuda_graphs = False
+        return session
+
+    def step(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        lay, new = self.layout, ids.shape[1]
+        session = self._session(new)
+        session.upload({lay.input_ids: ids, lay.attention_mask: mask, lay.position_ids: positions})
+        src, dst = self.arenas[self.current].ptr, self.arenas[1 - self.current].ptr
+        for past, present in zip(lay.past_inputs, lay.present_outputs):
+            session.bind(past, src + self.offsets[past])
+            session.bind(present, dst + self.offsets[past])
+        shape = (self.batch, lay.num_kv_heads, self.length, lay.head_dim)
+        session.set_input_shapes({name: shape for name in lay.past_inputs})
+        session.enqueue()
+        logits = session.download([lay.logits], copy=False)[lay.logits]
+        self.length += new
+        self.current = 1 - self.current
+        return logits[:, -1, :]
+
+    def finish(self) -> None:
+        for session, graphs in self.touched.values():
+            if session.context is None:  # the backend was closed first
+                continue
+            for name in [*self.layout.past_inputs, *self.layout.present_outputs]:
+                session.bind(name, session.tensors[name].device_ptr)
+            session.cuda_graphs = graphs
+        self.touched = {}
+
+    def close(self) -> None:
+        self.finish()
+        for arena in self.arenas:
+            arena.close()
+        self.arenas = []
