@@ -10,6 +10,7 @@ The dynamo exporter already writes shapes, so there this is cheap and mostly a n
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
@@ -20,14 +21,7 @@ def infer_shapes(graph: gs.Graph) -> int:
     """Copy ONNX-inferred shapes/dtypes onto tensors that lack them; return how many were filled."""
     from trtcompile.onnx_io import fix_ir_version
 
-    # Shapes only depend on the structure: skip the weights (big models would copy gigabytes).
-    model = fix_ir_version(gs.export_onnx(graph, do_type_check=False))
-    for init in model.graph.initializer:
-        if init.raw_data and len(init.raw_data) > 1024:
-            dims = list(init.dims)
-            init.ClearField("raw_data")
-            init.data_location = onnx.TensorProto.DEFAULT
-            init.dims[:] = dims
+    model = fix_ir_version(gs.export_onnx(_without_weights(graph), do_type_check=False))
     inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
     infos = {vi.name: vi for vi in inferred.graph.value_info}
     filled = 0
@@ -46,6 +40,24 @@ def infer_shapes(graph: gs.Graph) -> int:
             t.shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim]
             filled += 1
     return filled
+
+
+def _without_weights(graph: gs.Graph) -> gs.Graph:
+    """A shallow copy whose large constants are graph inputs of the same dtype and shape.
+
+    Shapes depend only on structure and small constants (shape operands): exporting the weights
+    too would copy every byte of a large model just to throw it away.
+    """
+    copy = graph.copy()   # copies nodes and tensors, not weight buffers
+    stand_ins: dict[str, gs.Variable] = {}
+    for node in copy.nodes:
+        for i, t in enumerate(node.inputs):
+            if isinstance(t, gs.Constant) and int(np.prod(t.shape)) > 256:
+                if t.name not in stand_ins:
+                    stand_ins[t.name] = gs.Variable(t.name, dtype=t.dtype, shape=list(t.shape))
+                node.inputs[i] = stand_ins[t.name]
+    copy.inputs = list(copy.inputs) + list(stand_ins.values())
+    return copy
 
 
 def fold_shapes(graph: gs.Graph, ctx: PassContext) -> gs.Graph:
