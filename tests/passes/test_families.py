@@ -73,3 +73,46 @@ def test_family_fully_fused_and_matches_pytorch(tiny_export, family, exporter, o
         want = _torch_reference(model, family, feeds)
         what = f"{family} {exporter}{opset} {attn} batch {batch} seq {seq}"
         print(f"{what}: max abs {assert_close(got, want, 1e-4, what):.2e}")
+
+
+@pytest.fixture(scope="module")
+def kv_cache_export(checkpoint):
+    """The KV-cache wrapper's export of tiny Llama (GQA): past K/V concatenated outside Attention."""
+    pytest.importorskip("trtcompile.export.kv_cache")
+    from trtcompile.export.source import load_source
+    from trtcompile.export.torch_export import export_module
+    from trtcompile.onnx_io import fix_ir_version
+    from trtcompile.settings import ExportSettings
+
+    source = load_source(checkpoint("llama", "sdpa"))
+    return source, fix_ir_version(export_module(source, source.known_shapes, ExportSettings(opset=23)))
+
+
+def test_kv_cache_decoder_keeps_native_gqa_and_matches(kv_cache_export):
+    source, raw = kv_cache_export
+    info = ModelInfo.from_config(source.config)
+    ctx = PassContext(settings=OptimizeSettings(check_each_pass=True), model=info)
+    graph, reports = run_pipeline(gs.import_onnx(raw), ctx)
+    fused = to_model(graph)
+    attention = next(r for r in reports if r.name == "fuse_attention")
+    assert op_histogram(fused).get("Attention") == info.num_layers and not ctx.warnings
+    for d in attention.matched:
+        assert d["gqa_unexpanded"] and (d["q_num_heads"], d["kv_num_heads"]) == (info.num_heads, info.num_kv_heads)
+    for node in fused.graph.node:
+        if node.op_type == "Attention":  # what TensorRT's parser takes: no past inputs, one output, no is_causal
+            assert len(node.input) == 4 and len([o for o in node.output if o]) == 1
+            assert not any(a.name == "is_causal" and a.i for a in node.attribute)
+
+    gen = source.manifest_extra["generation"]
+    rng = np.random.default_rng(0)
+    for batch, past, seq in ((2, 0, 5), (3, 4, 1), (2, 6, 3)):  # prefill, decode, chunked prefill
+        mask = np.ones((batch, past + seq), np.int64)
+        mask[-1, past + seq - 1:] = 0 if seq > 1 else 1  # right padding in a multi-token step
+        feeds = {"input_ids": rng.integers(0, 128, (batch, seq)), "attention_mask": mask,
+                 "position_ids": np.broadcast_to(np.arange(past, past + seq), (batch, seq)).astype(np.int64)}
+        for name in gen["past_inputs"]:
+            feeds[name] = rng.standard_normal((batch, gen["num_kv_heads"], past, gen["head_dim"])).astype(np.float32)
+        want, got = source.reference(feeds), ort_run(fused, feeds)
+        for name in want:
+            print(f"kv-cache llama batch {batch} past {past} seq {seq} {name}: max abs "
+                  f"{assert_close(got[name], want[name], 1e-4, name):.2e}")

@@ -617,7 +617,10 @@ def _repeat_kv_source(t: gs.Tensor) -> tuple[gs.Tensor, int]:
     new = shape_value(reshape.inputs[1])
     zero_copies = not reshape.attrs.get("allowzero", 0)
     want = [dims[0], dims[1] * n_rep, dims[2], dims[3]]
-    if new is None or len(new) != 4 or sum(d == -1 for d in new) > 1:
+    if new is None:
+        # A target built with arithmetic (past + new length): trust the exporter's inferred shape.
+        return (src, n_rep) if _sym_dims(t) == want and t.shape is not None and None not in t.shape else (t, 1)
+    if len(new) != 4 or sum(d == -1 for d in new) > 1:
         return t, 1
     for i, (got, exp) in enumerate(zip(new, want)):
         if got == exp or got == -1 or (got == 0 and zero_copies and i != 1):
