@@ -55,6 +55,15 @@ def test_greedy_matches_hf_generate_token_for_token(packages, family, batch):
     np.testing.assert_array_equal(got, expected)
 
 
+@pytest.mark.parametrize("family", ["mistral", "qwen2"])  # MQA (1 KV head) and Qwen2's biased QKV
+def test_greedy_matches_hf_for_more_families(tmp_path_factory, family):
+    package = compiled_decoder(family, tmp_path_factory.mktemp("decoders"))
+    ids, mask = prompts(3)
+    expected = hf_generate(family, ids, mask)[:, :9 + 32]
+    with runtime.load(package, backend="onnxruntime", threads=1) as model:
+        np.testing.assert_array_equal(model.generate(ids, mask, max_new_tokens=32), expected)
+
+
 def test_stop_tokens_end_each_sequence_like_hf(packages):
     ids, mask = prompts(3)
     greedy = hf_generate("llama", ids, mask)

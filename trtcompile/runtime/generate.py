@@ -161,8 +161,13 @@ def check_request(buckets: list[Bucket], batch: int, prompt: int, max_new_tokens
                          f"with a profile whose prefill bucket covers sequence {prompt}")
     # Decode steps feed the token from the step before: past grows from prompt to prompt+new-2.
     last_past = prompt + max_new_tokens - 2
-    for past in range(prompt, last_past + 1):
-        if not _fits(buckets, batch=batch, sequence=1, past_sequence=past):
+    past = prompt
+    while past <= last_past:  # jump bucket to bucket: as many iterations as buckets, not tokens
+        reach = [b.dims["past_sequence"][2] for b in buckets if "past_sequence" in b.dims
+                 and b.contains({"batch": batch, "sequence": 1, "past_sequence": past})]
+        if reach:
+            past = max(reach) + 1
+        else:
             fit = past - prompt + 1  # new tokens that do fit
             raise InputError(
                 f"prompt of {prompt} tokens + max_new_tokens {max_new_tokens} needs a context of "
