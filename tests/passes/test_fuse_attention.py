@@ -414,3 +414,24 @@ def test_full_coverage_does_not_warn():
     model = b.model([q, k, v], [y])
     fused, ctx = _fuse(model, info=ModelInfo(num_layers=1))
     assert ops(fused) == {"Attention": 1} and not ctx.warnings
+
+
+@pytest.mark.parametrize("past", [False, True])
+def test_native_attention_extra_outputs_and_past_inputs(past):
+    #  Attention(q, k, v[, -, past_k, past_v]) -> y, present_k (unused), present_v (unused)
+    #  Without past the unused outputs go (TensorRT's parser takes one output). Past inputs are
+    #  beyond TensorRT's parser: the node stays as it is (ORT needs the outputs) and the user is warned.
+    b = Builder()
+    q, k, v = _var("q", [B, N, S, H]), _var("k", [B, N, S, H]), _var("v", [B, N, S, H])
+    pk, pv = _var("pk", [B, N, 3, H]), _var("pv", [B, N, 3, H])
+    extra = [gs.Variable.empty(), pk, pv] if past else []
+    y, _, _ = b.op("Attention", q, k, v, *extra, outputs=3)
+    model = b.model([q, k, v] + ([pk, pv] if past else []), [y], opset=23)
+    fused, ctx = _fuse(model, info=ModelInfo(num_layers=1))
+    node = _attention(fused)
+    assert len(node.output) == (3 if past else 1)
+    assert len(ctx.warnings) == int(past) and (not past or "past_key/past_value" in ctx.warnings[0])
+    feeds = {"q": _rand(B, N, S, H), "k": _rand(B, N, S, H), "v": _rand(B, N, S, H)}
+    if past:
+        feeds.update(pk=_rand(B, N, 3, H), pv=_rand(B, N, 3, H))
+    assert_same(model, fused, feeds)

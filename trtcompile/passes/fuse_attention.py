@@ -29,7 +29,10 @@ Matched subgraph, anchored on each Softmax:
   that is exactly causal (Trilu of ones, or a constant lower-triangular matrix) and the only mask
   becomes `is_causal=1`: top-left aligned, which is what these masks mean (no past K/V can
   enter this subgraph). TensorRT's parser cannot take a mask together with `is_causal`, so a
-  causal+padding mask stays one mask.
+  causal+padding mask stays one mask. ONNX Runtime wants the mask's last two dims to be exactly
+  [S, Skv], so a key-padding mask [B,1,1,Skv] gets an Expand. (Masks: attention_masks.py.)
+- A query row whose keys are all masked (a padding query under left padding) comes out as 0
+  from Attention, where MatMul/Softmax gave the mean of V; nothing downstream reads those rows.
 - Rank-3 [B*N, S, H] batched attention is fused as one batch of B*N heads (Unsqueeze/Squeeze).
 - Declined (left as they were, with the reason in the report): an intermediate used outside the
   block (e.g. attention probabilities returned to the user), a scale applied after the mask,
@@ -48,27 +51,20 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from trtcompile.passes._opset import default_opset, ensure_opset
+from trtcompile.passes.attention_masks import (MASK_FILL_MAX, Mask, expand_mask, is_causal, is_noop,
+                                               mask_input)
 from trtcompile.passes.context import PassContext
-from trtcompile.passes.patterns import (NameScope, const_value, dims_equal, infer_missing_shapes,
-                                        producer, rank, scalar_value, shape_value)
+from trtcompile.passes.patterns import (NameScope, const_value, infer_missing_shapes, producer, rank,
+                                        repeat_kv_source, scalar_value, shape_value, sym_dims)
 
 log = logging.getLogger("trtcompile.passes")
 
 ATTENTION_OPSET = 23
-# A Where fill value at or below this is a mask (HF uses finfo.min, others -1e4, -1e9 or -inf).
-MASK_FILL_MAX = -1e4
 _SCORE_OPS = ("Mul", "Div", "Add", "Where", "Cast", "MatMul")
 
 
 class _Decline(Exception):
     """A candidate that is left as it was; the message is the reason in the report."""
-
-
-@dataclass
-class _Mask:
-    tensor: gs.Tensor
-    kind: str  # "additive" or "bool"
-    inverted: bool = False  # bool mask that is True where masked (Where(cond, -inf, scores))
 
 
 @dataclass
@@ -81,7 +77,7 @@ class _Match:
     k_perm: list[int] | None  # K = Transpose(k, k_perm) when not None
     v: gs.Tensor
     scale: float
-    masks: list[_Mask]
+    masks: list[Mask]
     interior: list[gs.Node] = field(default_factory=list)
 
 
@@ -200,7 +196,7 @@ def _inference_dropout(node: gs.Node) -> bool:
     return training is None and len(node.inputs) <= 2 or training is not None and not bool(training)
 
 
-def _backward_to_qk(softmax: gs.Node, interior: list) -> tuple[gs.Node, float, list[_Mask]]:
+def _backward_to_qk(softmax: gs.Node, interior: list) -> tuple[gs.Node, float, list[Mask]]:
     """Softmax input back to the Q·K^T MatMul through scales, masks and casts."""
     t = softmax.inputs[0]
     scale, masks, scaled = 1.0, [], False
@@ -231,7 +227,7 @@ def _backward_to_qk(softmax: gs.Node, interior: list) -> tuple[gs.Node, float, l
             if scaled:
                 raise _Decline(f"scale applied after the mask at Add {node.name!r}")
             scores, mask = (a, b) if a_scores else (b, a)
-            masks.append(_Mask(mask, "additive"))
+            masks.append(Mask(mask, "additive"))
             interior.append(node)
             t = scores
             continue
@@ -241,10 +237,10 @@ def _backward_to_qk(softmax: gs.Node, interior: list) -> tuple[gs.Node, float, l
             if scaled:
                 raise _Decline(f"scale applied after the mask at Where {node.name!r}")
             if fill_y is not None and fill_y <= MASK_FILL_MAX and _leads_to_matmul(x):
-                masks.append(_Mask(cond, "bool"))
+                masks.append(Mask(cond, "bool"))
                 t = x
             elif fill_x is not None and fill_x <= MASK_FILL_MAX and _leads_to_matmul(y):
-                masks.append(_Mask(cond, "bool", inverted=True))
+                masks.append(Mask(cond, "bool", inverted=True))
                 t = y
             else:
                 raise _Decline(f"Where {node.name!r} on the scores is not a mask with a large negative fill")
@@ -290,14 +286,6 @@ def _peel_scale(t: gs.Tensor, graph: gs.Graph, interior: list) -> tuple[gs.Tenso
         t = other
 
 
-def _sym_dims(t: gs.Tensor) -> list | None:
-    """Shape with unknown dims named like `shape_value` names them (so the two compare)."""
-    if t.shape is None:
-        return None
-    return [d if isinstance(d, int) or (isinstance(d, str) and d) else f"?{t.name}:{i}"
-            for i, d in enumerate(t.shape)]
-
-
 def _untranspose(kt: gs.Tensor, r: int) -> tuple[gs.Tensor, list[int] | None]:
     """Given K^T [.., H, Skv], find K [.., Skv, H]: (source, perm) meaning K = Transpose(source, perm)."""
     swap = list(range(r - 2)) + [r - 1, r - 2]
@@ -324,7 +312,7 @@ def _sdpa_transpose(kt: gs.Tensor) -> gs.Tensor | None:
     if inner is None or tr.attrs.get("perm") != [0, 2, 1]:
         return None
     k = inner.inputs[0]
-    dims = _sym_dims(k)
+    dims = sym_dims(k)
     first, second = shape_value(inner.inputs[1]), shape_value(outer.inputs[1])
     if dims is None or len(dims) != 4 or first is None or second is None:
         return None
@@ -349,105 +337,6 @@ def _check_closed(nodes: list, pv: gs.Node, graph: gs.Graph) -> None:
                 raise _Decline(f"intermediate {t.name!r} is also read by {outside[0].op} {outside[0].name!r}")
 
 
-# --- masks ------------------------------------------------------------------------------------
-
-
-def _all_true(t: gs.Tensor, depth: int = 6) -> bool:
-    value = const_value(t)
-    if value is not None:
-        return value.size > 0 and bool(np.all(value.astype(bool)))
-    node = producer(t, ("Expand", "Cast", "Reshape", "Unsqueeze", "Identity"))
-    return node is not None and depth > 0 and _all_true(node.inputs[0], depth - 1)
-
-
-def _is_noop(mask: _Mask) -> bool:
-    """A mask that lets everything through: ViT's export adds Where(Expand(True), 0, -max)."""
-    if mask.kind == "bool":
-        return not mask.inverted and _all_true(mask.tensor)
-    value = const_value(mask.tensor)
-    if value is not None:
-        return bool(np.all(value == 0))
-    node = producer(mask.tensor, "Where")
-    return node is not None and _all_true(node.inputs[0]) and scalar_value(node.inputs[1]) == 0
-
-
-def _ones(t: gs.Tensor) -> bool:
-    value = const_value(t)
-    if value is not None:
-        return value.size > 0 and bool(np.all(value == 1))
-    node = producer(t, ("Expand", "ConstantOfShape", "Cast"))
-    if node is None:
-        return False
-    if node.op == "ConstantOfShape":
-        fill = node.attrs.get("value")
-        return fill is not None and bool(np.all(np.asarray(fill.values) == 1))
-    return _ones(node.inputs[0])
-
-
-def _lower_triangle(t: gs.Tensor, depth: int = 6) -> bool | None:
-    """True if `t` is True/1 exactly on the lower triangle (j <= i), False if exactly on the strict
-    upper triangle, None if neither is provable."""
-    value = const_value(t)
-    if value is not None:
-        if value.ndim < 2 or value.shape[-1] != value.shape[-2] or any(d != 1 for d in value.shape[:-2]):
-            return None
-        m = value.reshape(value.shape[-2:]).astype(bool)
-        tril = np.tril(np.ones_like(m))
-        return True if np.array_equal(m, tril) else False if np.array_equal(m, ~tril) else None
-    node = producer(t)
-    if node is None or depth == 0:
-        return None
-    if node.op == "Trilu":
-        k = const_value(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1].name else 0
-        if int(np.ravel(k)[0]) if np.size(k) else 0:
-            return None
-        if node.attrs.get("upper", 1) == 0 and _ones(node.inputs[0]):
-            return True
-        return None
-    if node.op in ("Cast", "Identity", "Unsqueeze", "Expand"):
-        return _lower_triangle(node.inputs[0], depth - 1)
-    if node.op == "Not":
-        inner = _lower_triangle(node.inputs[0], depth - 1)
-        return None if inner is None else not inner
-    if node.op == "Equal":
-        a, b = node.inputs
-        c = scalar_value(b)
-        inner = _lower_triangle(a, depth - 1)
-        if c is None or inner is None:
-            return None
-        return inner if c == 1 else (not inner) if c == 0 else None
-    return None
-
-
-def _is_causal(mask: _Mask) -> bool:
-    """The mask is exactly causal (query i sees keys j <= i), provable from the graph."""
-    if mask.kind == "bool":
-        tri = _lower_triangle(mask.tensor)
-        return tri is not None and tri != mask.inverted
-    value = const_value(mask.tensor)
-    if value is not None:
-        if value.ndim < 2 or value.shape[-1] != value.shape[-2]:
-            return False
-        m = value.reshape(value.shape[-2:]) if value.size == value.shape[-1] ** 2 else None
-        if m is None:
-            return False
-        lower = np.tril(np.ones(m.shape, bool))
-        return bool(np.all(m[lower] == 0) and np.all(m[~lower] <= MASK_FILL_MAX))
-    node = producer(mask.tensor, "Where")
-    if node is None:
-        return False
-    cond, x, y = node.inputs
-    tri = _lower_triangle(cond)
-    fx, fy = scalar_value(x), scalar_value(y)
-    if tri is None or fx is None or fy is None:
-        return False
-    if fx == 0 and fy <= MASK_FILL_MAX:
-        return tri
-    if fy == 0 and fx <= MASK_FILL_MAX:
-        return not tri
-    return False
-
-
 # --- rewriting --------------------------------------------------------------------------------
 
 
@@ -464,8 +353,8 @@ def _rewrite(graph: gs.Graph, m: _Match, names: NameScope) -> dict:
     k_shape = None
     if m.k_perm is not None and m.k.shape is not None:
         k_shape = [m.k.shape[p] for p in m.k_perm]
-    k_src, k_rep = _repeat_kv_source(m.k) if m.k_perm is None and r == 4 else (m.k, 1)
-    v_src, v_rep = _repeat_kv_source(m.v) if r == 4 else (m.v, 1)
+    k_src, k_rep = repeat_kv_source(m.k) if m.k_perm is None and r == 4 else (m.k, 1)
+    v_src, v_rep = repeat_kv_source(m.v) if r == 4 else (m.v, 1)
     if k_rep != v_rep:
         k_src, v_src, k_rep = m.k, m.v, 1
     k_dims = k_shape if m.k_perm is not None else k_src.shape
@@ -487,11 +376,11 @@ def _rewrite(graph: gs.Graph, m: _Match, names: NameScope) -> dict:
     # equal to Q's, and Attention reads the same from the 4-D shapes (1 = MQA). The attributes
     # are then left out.
 
-    masks = [mk for mk in m.masks if not _is_noop(mk)]
+    masks = [mk for mk in m.masks if not is_noop(mk)]
     for mk in masks:
         if rank(mk.tensor) is not None and rank(mk.tensor) > r:
             raise _Decline(f"mask {mk.tensor.name!r} has rank {rank(mk.tensor)} > {r}")
-    causal = len(masks) == 1 and _is_causal(masks[0])
+    causal = len(masks) == 1 and is_causal(masks[0])
 
     new_nodes: list[gs.Node] = []
 
@@ -511,8 +400,8 @@ def _rewrite(graph: gs.Graph, m: _Match, names: NameScope) -> dict:
         k_in = add("Transpose", [m.k], {"perm": m.k_perm}, out_dtype=m.k.dtype, out_shape=k_shape, hint="K")
     attn_mask = None
     if masks and not causal:
-        attn_mask = _mask_input(masks, dtype, add, names, base)
-        attn_mask = _expand_mask(attn_mask, m.q, k_in, add, base)
+        attn_mask = mask_input(masks, dtype, add, names, base)
+        attn_mask = expand_mask(attn_mask, m.q, k_in, add, base)
     q_in, v_in = m.q, v_src
     if r == 3:
         q_in, k_in, v_in = unsqueeze0(q_in), unsqueeze0(k_in), unsqueeze0(v_in)
@@ -542,115 +431,32 @@ def _rewrite(graph: gs.Graph, m: _Match, names: NameScope) -> dict:
     return detail
 
 
-def _mask_input(masks: list[_Mask], dtype, add, names: NameScope, base: str) -> gs.Tensor:
-    """One mask as it is (bool True = attend, or additive in Q's dtype); several summed as additive."""
-    if len(masks) == 1 and masks[0].kind == "bool":
-        mk = masks[0]
-        if not mk.inverted:
-            return mk.tensor
-        return add("Not", [mk.tensor], out_dtype=np.bool_, out_shape=mk.tensor.shape, hint="mask_not")
-    total = None
-    np_dtype = np.dtype(dtype) if dtype is not None else np.dtype(np.float32)
-    for mk in masks:
-        t = mk.tensor
-        if mk.kind == "bool":
-            zero = gs.Constant(names(f"{base}/mask_zero"), np.array(0, np_dtype))
-            low = gs.Constant(names(f"{base}/mask_low"), np.array(np.finfo(np_dtype).min, np_dtype))
-            pair = [low, zero] if mk.inverted else [zero, low]
-            t = add("Where", [t, *pair], out_dtype=np_dtype, out_shape=t.shape, hint="mask_additive")
-        elif t.dtype is not None and np.dtype(t.dtype) != np_dtype:
-            t = add("Cast", [t], {"to": _onnx_dtype(np_dtype)}, out_dtype=np_dtype, out_shape=t.shape,
-                    hint="mask_cast")
-        total = t if total is None else add("Add", [total, t], out_dtype=np_dtype, hint="mask_sum")
-    return total
-
-
-def _expand_mask(mask: gs.Tensor, q: gs.Tensor, k: gs.Tensor, add, base: str) -> gs.Tensor:
-    """ONNX Runtime wants the mask's last two dims to be exactly [S, Skv] (no broadcasting there,
-    unlike Add); BERT-style key-padding masks are [B,1,1,Skv]. Expand only where not provable."""
-    if mask.shape is not None and len(mask.shape) >= 2 and q.shape is not None and k.shape is not None \
-            and dims_equal(mask.shape[-2], q.shape[-2]) and dims_equal(mask.shape[-1], k.shape[-2]):
-        return mask
-    q_len = add("Shape", [q], {"start": -2, "end": -1}, out_dtype=np.int64, out_shape=[1], hint="q_len")
-    k_len = add("Shape", [k], {"start": -2, "end": -1}, out_dtype=np.int64, out_shape=[1], hint="kv_len")
-    target = add("Concat", [q_len, k_len], {"axis": 0}, out_dtype=np.int64, out_shape=[2], hint="mask_shape")
-    shape = None
-    if mask.shape is not None and q.shape is not None and k.shape is not None:
-        shape = [*mask.shape[:-2], q.shape[-2], k.shape[-2]] if len(mask.shape) >= 2 else None
-    return add("Expand", [mask, target], out_dtype=mask.dtype, out_shape=shape, hint="mask_expand")
-
-
-def _onnx_dtype(np_dtype) -> int:
-    from onnx import helper
-
-    return helper.np_dtype_to_tensor_dtype(np.dtype(np_dtype))
-
-
-def _repeat_kv_source(t: gs.Tensor) -> tuple[gs.Tensor, int]:
-    """HF repeat_kv: Kkv [B,Nkv,S,H] -> Unsqueeze(2) -> Expand [B,Nkv,n,S,H] -> Reshape [B,Nkv*n,S,H].
-
-    Returns (Kkv, n) when `t` is provably that expansion (head i reads KV head i // n, the
-    grouping ONNX Attention uses), else (t, 1)."""
-    reshape = producer(t, "Reshape")
-    expand = producer(reshape.inputs[0], "Expand") if reshape is not None else None
-    unsq = producer(expand.inputs[0], "Unsqueeze") if expand is not None else None
-    if unsq is None:
-        return t, 1
-    axes = const_value(unsq.inputs[1]) if len(unsq.inputs) > 1 else np.asarray(unsq.attrs.get("axes", []))
-    src = unsq.inputs[0]
-    dims = _sym_dims(src)
-    if axes is None or [int(a) for a in np.ravel(axes)] not in ([2], [-3]) or dims is None or len(dims) != 4:
-        return t, 1
-    if not isinstance(dims[1], int):
-        return t, 1
-    target = shape_value(expand.inputs[1])
-    out = _sym_dims(expand.outputs[0])
-    n_rep = None
-    if target is not None and len(target) == 5 and isinstance(target[2], int):
-        if all(target[i] in (1, dims[j]) for i, j in ((0, 0), (1, 1), (3, 2), (4, 3))):
-            n_rep = target[2]
-    elif out is not None and len(out) == 5 and isinstance(out[2], int):
-        if all(out[i] == dims[j] for i, j in ((0, 0), (1, 1), (3, 2), (4, 3))):
-            n_rep = out[2]
-    if n_rep is None:
-        return t, 1
-    new = shape_value(reshape.inputs[1])
-    zero_copies = not reshape.attrs.get("allowzero", 0)
-    want = [dims[0], dims[1] * n_rep, dims[2], dims[3]]
-    if new is None:
-        # A target built with arithmetic (past + new length): trust the exporter's inferred shape.
-        return (src, n_rep) if _sym_dims(t) == want and t.shape is not None and None not in t.shape else (t, 1)
-    if len(new) != 4 or sum(d == -1 for d in new) > 1:
-        return t, 1
-    for i, (got, exp) in enumerate(zip(new, want)):
-        if got == exp or got == -1 or (got == 0 and zero_copies and i != 1):
-            continue
-        return t, 1
-    if new[1] == -1 and not all(new[i] == want[i] for i in (0, 2, 3)):
-        return t, 1
-    return src, n_rep
-
-
 def _native(node: gs.Node, graph: gs.Graph, ctx: PassContext) -> dict:
     """An exporter's own Attention: give it un-expanded K/V (native GQA), note TensorRT limits."""
     detail: dict = {"native": True}
     q, k, v = node.inputs[:3]
     if rank(q) == 4:
-        k_src, k_rep = _repeat_kv_source(k)
-        v_src, v_rep = _repeat_kv_source(v)
+        k_src, k_rep = repeat_kv_source(k)
+        v_src, v_rep = repeat_kv_source(v)
         if k_rep > 1 and k_rep == v_rep:
             node.inputs[1], node.inputs[2] = k_src, v_src
             nq, nkv = q.shape[1], k_src.shape[1]
             if isinstance(nq, int) and isinstance(nkv, int):
                 node.attrs["q_num_heads"], node.attrs["kv_num_heads"] = nq, nkv
             detail["gqa_unexpanded"] = True
+    has_past = any(t.name for t in node.inputs[4:6])
+    if len(node.outputs) > 1 and not has_past and not any(t.outputs or t in graph.outputs for t in node.outputs[1:]):
+        while len(node.outputs) > 1:  # unused present/qk outputs: TensorRT's parser takes one only
+            node.outputs.pop()
     problems = []
-    if any(t.name for t in node.inputs[4:6]):
+    if has_past:
         problems.append("past_key/past_value inputs")
     if any(t.outputs or t in graph.outputs for t in node.outputs[1:]):
         problems.append("more than one output")
     if node.attrs.get("softcap", 0.0):
         problems.append("softcap")
+    if "softmax_precision" in node.attrs:
+        problems.append("softmax_precision")
     if node.attrs.get("is_causal", 0) and len(node.inputs) > 3 and node.inputs[3].name:
         problems.append("a mask together with is_causal")
     if problems:

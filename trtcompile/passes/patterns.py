@@ -129,6 +129,59 @@ def shape_value(tensor: gs.Tensor, depth: int = 12) -> list | None:
     return None
 
 
+def sym_dims(t: gs.Tensor) -> list | None:
+    """Shape with unknown dims named like `shape_value` names them (so the two compare)."""
+    if t.shape is None:
+        return None
+    return [d if isinstance(d, int) or (isinstance(d, str) and d) else f"?{t.name}:{i}"
+            for i, d in enumerate(t.shape)]
+
+
+def repeat_kv_source(t: gs.Tensor) -> tuple[gs.Tensor, int]:
+    """HF repeat_kv: Kkv [B,Nkv,S,H] -> Unsqueeze(2) -> Expand [B,Nkv,n,S,H] -> Reshape [B,Nkv*n,S,H].
+
+    Returns (Kkv, n) when `t` is provably that expansion (head i reads KV head i // n, the
+    grouping ONNX Attention uses), else (t, 1)."""
+    reshape = producer(t, "Reshape")
+    expand = producer(reshape.inputs[0], "Expand") if reshape is not None else None
+    unsq = producer(expand.inputs[0], "Unsqueeze") if expand is not None else None
+    if unsq is None:
+        return t, 1
+    axes = const_value(unsq.inputs[1]) if len(unsq.inputs) > 1 else np.asarray(unsq.attrs.get("axes", []))
+    src = unsq.inputs[0]
+    dims = sym_dims(src)
+    if axes is None or [int(a) for a in np.ravel(axes)] not in ([2], [-3]) or dims is None or len(dims) != 4:
+        return t, 1
+    if not isinstance(dims[1], int):
+        return t, 1
+    target = shape_value(expand.inputs[1])
+    out = sym_dims(expand.outputs[0])
+    n_rep = None
+    if target is not None and len(target) == 5 and isinstance(target[2], int):
+        if all(target[i] in (1, dims[j]) for i, j in ((0, 0), (1, 1), (3, 2), (4, 3))):
+            n_rep = target[2]
+    elif out is not None and len(out) == 5 and isinstance(out[2], int):
+        if all(out[i] == dims[j] for i, j in ((0, 0), (1, 1), (3, 2), (4, 3))):
+            n_rep = out[2]
+    if n_rep is None:
+        return t, 1
+    new = shape_value(reshape.inputs[1])
+    zero_copies = not reshape.attrs.get("allowzero", 0)
+    want = [dims[0], dims[1] * n_rep, dims[2], dims[3]]
+    if new is None:
+        # A target built with arithmetic (past + new length): trust the exporter's inferred shape.
+        return (src, n_rep) if sym_dims(t) == want and t.shape is not None and None not in t.shape else (t, 1)
+    if len(new) != 4 or sum(d == -1 for d in new) > 1:
+        return t, 1
+    for i, (got, exp) in enumerate(zip(new, want)):
+        if got == exp or got == -1 or (got == 0 and zero_copies and i != 1):
+            continue
+        return t, 1
+    if new[1] == -1 and not all(new[i] == want[i] for i in (0, 2, 3)):
+        return t, 1
+    return src, n_rep
+
+
 def infer_missing_shapes(graph: gs.Graph) -> None:
     """Fill in shapes/dtypes where tensors have none (hand-built graphs, legacy exports run
     without `fold_shapes`): matchers check ranks and head counts."""
