@@ -122,6 +122,8 @@ def test_over_long_requests_name_the_numbers_and_buckets(packages):
             model.generate(np.full((1, 300), 5, np.int64), max_new_tokens=1)
         with pytest.raises(InputError, match=r"batch 5 fits no prefill bucket.*batch prefill: 1\.\.4"):
             model.generate(np.full((5, 4), 5, np.int64), max_new_tokens=2)
+        with pytest.raises(InputError, match=r"token id 128, outside this model's vocabulary 0\.\.127"):
+            model.generate(np.array([[5, 128]]), max_new_tokens=2)
         with pytest.raises(InputError, match="left-padded"):
             model.generate(np.full((1, 4), 5, np.int64), np.array([[1, 1, 0, 0]]), max_new_tokens=2)
         with pytest.raises(InputError, match="temperature=0.0 must be > 0"):
@@ -137,6 +139,13 @@ def test_cache_buffers_are_reused_and_host_fallback_agrees(packages):
         buffers = [b.ctypes.data for pair in cache.buffers for b in pair]
         model.generate(ids[:, 3:], mask[:, 3:], max_new_tokens=16, stop_tokens=[])  # shorter: same buffers
         assert model._kv_cache is cache and [b.ctypes.data for pair in cache.buffers for b in pair] == buffers
+        model.generate(ids[:1], mask[:1], max_new_tokens=30, stop_tokens=[])  # batch 1, longer: still fits
+        assert model._kv_cache is cache
+        running = model.stream(ids, mask, max_new_tokens=4)
+        next(running)
+        with pytest.raises(InputError, match="still running"):
+            model.generate(ids, mask, max_new_tokens=2)
+        running.close()  # an abandoned stream hands the cache back
         # The generic path (any backend through Model.run) gives the same tokens.
         model._kv_cache = HostKVCache(model, cache.layout, cache.per_token, cache.capacity, cache.dtypes)
         np.testing.assert_array_equal(model.generate(ids, mask, max_new_tokens=16, stop_tokens=[]), first)

@@ -48,6 +48,7 @@ class DecoderLayout:
     pad_token_id: int | None
     bos_token_id: int | None
     tokenizer_dir: str | None
+    vocab_size: int | None
 
     @classmethod
     def of(cls, model) -> "DecoderLayout":
@@ -62,7 +63,7 @@ class DecoderLayout:
                    gen.get("position_ids", "position_ids"), gen.get("logits", "logits"),
                    list(gen["past_inputs"]), list(gen["present_outputs"]), int(gen["num_kv_heads"]),
                    int(gen["head_dim"]), eos, gen.get("pad_token_id"), gen.get("bos_token_id"),
-                   gen.get("tokenizer_dir"))
+                   gen.get("tokenizer_dir"), gen.get("vocab_size"))
 
 
 @dataclass(frozen=True)
@@ -183,6 +184,9 @@ def _kv_cache_for(model, layout: DecoderLayout, batch: int, capacity: int):
     dtypes = [np.dtype(specs[n].dtype) for n in layout.past_inputs]
     per_token = [batch * layout.num_kv_heads * layout.head_dim] * len(layout.past_inputs)
     cache = getattr(model, "_kv_cache", None)
+    if cache is not None and cache.busy:
+        raise InputError("another generate()/stream() on this model is still running (one KV cache per model): "
+                         "exhaust or close() that stream first, or load the package a second time")
     if cache is None or not cache.fits(per_token, capacity, dtypes):
         if cache is not None:
             cache.close()
@@ -197,21 +201,46 @@ def _kv_cache_for(model, layout: DecoderLayout, batch: int, capacity: int):
     return cache
 
 
-class HostKVCache:
+class KVCache:
+    """What the decode loop needs from a cache; the buffers are flat, so any batch and length whose
+    product fits the elements allocated reuses them."""
+
+    def __init__(self, model, layout: DecoderLayout, per_token: list[int], capacity: int, dtypes: list):
+        self.model, self.layout = model, layout
+        self.per_token, self.capacity, self.dtypes = per_token, capacity, dtypes
+        self.elements = [k * capacity for k in per_token]
+        self.busy = False
+        self.batch = self.length = self.current = 0
+
+    def fits(self, per_token, capacity, dtypes) -> bool:
+        return dtypes == self.dtypes and all(k * capacity <= e for k, e in zip(per_token, self.elements))
+
+    def start(self, batch: int) -> None:
+        self.busy, self.batch, self.length, self.current = True, batch, 0, 0
+
+    def step(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """Run ids [batch, new] on top of the cache; return the last position's logits [batch, vocab]."""
+        raise NotImplementedError
+
+    def finish(self) -> None:
+        self.busy = False
+
+    def close(self) -> None:
+        self.busy = False
+
+
+class HostKVCache(KVCache):
     """Any backend through Model.run: present comes back as new arrays and becomes the next past.
 
     The fallback for backends without a bound-buffer path; it reallocates the cache every step.
     """
 
     def __init__(self, model, layout: DecoderLayout, per_token: list[int], capacity: int, dtypes: list):
-        self.model, self.layout = model, layout
-        self.per_token, self.capacity, self.dtypes = per_token, capacity, dtypes
+        super().__init__(model, layout, per_token, capacity, dtypes)
         self.past: dict[str, np.ndarray] = {}
 
-    def fits(self, per_token, capacity, dtypes) -> bool:
-        return per_token == self.per_token and capacity <= self.capacity and dtypes == self.dtypes
-
     def start(self, batch: int) -> None:
+        super().start(batch)
         lay = self.layout
         self.past = {n: np.zeros((batch, lay.num_kv_heads, 0, lay.head_dim), dt)
                      for n, dt in zip(lay.past_inputs, self.dtypes)}
@@ -225,12 +254,10 @@ class HostKVCache:
 
     def finish(self) -> None:
         self.past = {}
-
-    def close(self) -> None:
-        self.past = {}
+        super().finish()
 
 
-class OrtKVCache:
+class OrtKVCache(KVCache):
     """ONNX Runtime with IOBinding over two preallocated flat buffers per past tensor.
 
     A flat buffer viewed as [batch, heads, length, head_dim] is contiguous for every length, so
@@ -239,23 +266,14 @@ class OrtKVCache:
     """
 
     def __init__(self, model, layout: DecoderLayout, per_token: list[int], capacity: int, dtypes: list):
-        self.model, self.layout = model, layout
-        self.per_token, self.capacity, self.dtypes = per_token, capacity, dtypes
+        super().__init__(model, layout, per_token, capacity, dtypes)
         self.session = model.backend.session
-        self.buffers = [[np.empty(n * capacity, dt) for n, dt in zip(per_token, dtypes)] for _ in range(2)]
+        self.buffers = [[np.empty(n, dt) for n, dt in zip(self.elements, dtypes)] for _ in range(2)]
         logits_spec = next(s for s in model.outputs if s.name == layout.logits)
         self.logits_dtype = np.dtype(logits_spec.dtype)
         self.vocab = int(logits_spec.shape[-1])
         self.logits = np.empty(0, self.logits_dtype)
         self.binding = self.session.io_binding()
-        self.length = 0
-        self.current = 0
-
-    def fits(self, per_token, capacity, dtypes) -> bool:
-        return per_token == self.per_token and capacity <= self.capacity and dtypes == self.dtypes
-
-    def start(self, batch: int) -> None:
-        self.length, self.current, self.batch = 0, 0, batch
 
     def _shape(self, length: int) -> list[int]:
         return [self.batch, self.layout.num_kv_heads, length, self.layout.head_dim]
@@ -263,8 +281,7 @@ class OrtKVCache:
     def step(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray) -> np.ndarray:
         lay, bind = self.layout, self.binding
         new = ids.shape[1]
-        if self.length + new > self.capacity:
-            raise AssertionError(f"KV cache overflow: {self.length}+{new} > {self.capacity}")
+        assert np.prod(self._shape(self.length + new)) <= self.elements[0], "KV cache overflow"
         bind.clear_binding_inputs()
         bind.clear_binding_outputs()
         bind.bind_cpu_input(lay.input_ids, ids)
@@ -285,11 +302,9 @@ class OrtKVCache:
         self.current = 1 - self.current
         return self.logits[:need].reshape(self.batch, new, self.vocab)[:, -1, :]
 
-    def finish(self) -> None:
-        pass
-
     def close(self) -> None:
         self.buffers = [[], []]
+        super().close()
 
 
 def stream(model, input_ids, attention_mask=None, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, *,
@@ -305,6 +320,10 @@ def stream(model, input_ids, attention_mask=None, max_new_tokens: int = DEFAULT_
     sampling = Sampling(do_sample, float(temperature), int(top_k), float(top_p))
     sampling.check()
     ids, mask = _as_batch(input_ids, attention_mask)
+    if layout.vocab_size and (ids.min() < 0 or ids.max() >= layout.vocab_size):
+        bad = int(ids.min() if ids.min() < 0 else ids.max())
+        raise InputError(f"input_ids holds token id {bad}, outside this model's vocabulary 0..{layout.vocab_size - 1}; "
+                         f"padding positions too must hold a valid id (e.g. the pad or eos id)")
     batch, prompt = ids.shape
     max_new_tokens = int(max_new_tokens)
     check_request(model.buckets, batch, prompt, max_new_tokens)
@@ -364,7 +383,7 @@ def _device_cache_class():
     return DeviceKVCache
 
 
-class DeviceKVCache:
+class DeviceKVCache(KVCache):
     """TensorRT backend: the cache in two device arenas, bound straight to the engines' past/present.
 
     Step t binds every past input to arena t % 2 and every present output to arena (t + 1) % 2
@@ -378,24 +397,16 @@ class DeviceKVCache:
     def __init__(self, model, layout: DecoderLayout, per_token: list[int], capacity: int, dtypes: list):
         from trtcompile.runtime import cuda
 
-        self.model, self.layout = model, layout
-        self.per_token, self.capacity, self.dtypes = per_token, capacity, dtypes
-        sizes = {n: k * capacity * dt.itemsize for n, k, dt in zip(layout.past_inputs, per_token, dtypes)}
+        super().__init__(model, layout, per_token, capacity, dtypes)
+        sizes = {n: e * dt.itemsize for n, e, dt in zip(layout.past_inputs, self.elements, dtypes)}
         self.offsets, total = cuda.layout(sizes)
-        self.arenas = []
+        self.touched: dict[str, tuple] = {}  # bucket name -> (session, its cuda_graphs setting)
+        self.arenas = [cuda.DeviceArena(total)]
         try:
-            self.arenas = [cuda.DeviceArena(total), cuda.DeviceArena(total)]
+            self.arenas.append(cuda.DeviceArena(total))
         except BaseException:
             self.close()
             raise
-        self.touched: dict[str, tuple] = {}  # bucket name -> (session, its cuda_graphs setting)
-        self.length = self.current = self.batch = 0
-
-    def fits(self, per_token, capacity, dtypes) -> bool:
-        return per_token == self.per_token and capacity <= self.capacity and dtypes == self.dtypes
-
-    def start(self, batch: int) -> None:
-        self.length, self.current, self.batch = 0, 0, batch
 
     def _session(self, new: int):
         dims = {"batch": self.batch, "sequence": new, "past_sequence": self.length}
@@ -430,9 +441,11 @@ class DeviceKVCache:
                 session.bind(name, session.tensors[name].device_ptr)
             session.cuda_graphs = graphs
         self.touched = {}
+        super().finish()
 
     def close(self) -> None:
         self.finish()
         for arena in self.arenas:
             arena.close()
         self.arenas = []
+        super().close()
