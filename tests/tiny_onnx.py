@@ -16,9 +16,12 @@ _DIR = Path(tempfile.mkdtemp(prefix="trtcompile-tiny-onnx-"))
 DECODERS = {"gpt2", "llama", "mistral", "qwen2"}
 
 
-def export(family: str) -> onnx.ModelProto:
-    """The FP32 ONNX model of tests/tiny_models.build(family); inputs input_ids, attention_mask."""
-    if family not in _CACHE:
+def export(family: str, attn: str = "sdpa") -> onnx.ModelProto:
+    """The FP32 ONNX model of tests/tiny_models.build(family, attn); inputs input_ids, attention_mask.
+
+    attn="sdpa" gives fused ONNX Attention at opset 23; "eager" gives MatMul/Softmax attention."""
+    key = f"{family}-{attn}"
+    if key not in _CACHE:
         import torch
         from tiny_models import build
 
@@ -36,14 +39,14 @@ def export(family: str) -> onnx.ModelProto:
 
         ids = torch.ones(2, 16, dtype=torch.long)
         dims = {0: "batch", 1: "sequence"}
-        program = torch.onnx.export(Wrapper(build(family)), (), kwargs={"input_ids": ids, "attention_mask": ids},
+        program = torch.onnx.export(Wrapper(build(family, attn)), (), kwargs={"input_ids": ids, "attention_mask": ids},
                                     dynamo=True, opset_version=23, external_data=False, verbose=False,
                                     dynamic_shapes={"input_ids": dims, "attention_mask": dims})
         model = fix_ir_version(program.model_proto)
-        onnx.save(model, str(_DIR / f"{family}.onnx"))  # a copy to look at when a test fails
-        _CACHE[family] = model
+        onnx.save(model, str(_DIR / f"{key}.onnx"))  # a copy to look at when a test fails
+        _CACHE[key] = model
     out = onnx.ModelProto()
-    out.CopyFrom(_CACHE[family])
+    out.CopyFrom(_CACHE[key])
     return out
 
 

@@ -50,6 +50,9 @@ class CalibrationSettings:
     int8_attention: bool = False
     # MatMul/Gemm node names to keep out of INT8 whatever the accuracy.
     exclude_nodes: tuple[str, ...] = ()
+    # Precision of everything that is not INT8 (norms, attention, fallback layers): "fp32", or
+    # "fp16" for TensorRT speed (the Q/DQ scales become FP16 too; accuracy is re-measured).
+    float_precision: str = "fp32"
 
 
 @dataclass(frozen=True)

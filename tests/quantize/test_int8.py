@@ -95,6 +95,36 @@ def test_int8_weights_are_int8_per_channel():
         assert scale.shape == (w.shape[1],)  # gpt2 Conv1D weight is [in, out]: axis 1
 
 
+def test_int8_with_fp16_rest():
+    model, q, ctx, ev = _quantize("bert", method="percentile", float_precision="fp16")
+    graph = _check_structure(q, ctx)
+    for node in graph.nodes:
+        if node.op in ("QuantizeLinear", "DequantizeLinear"):
+            assert node.inputs[1].values.dtype == np.float16  # scales follow the float precision
+        if node.op == "LayerNormalization":
+            assert node.inputs[0].dtype == np.float16
+    assert graph.outputs[0].dtype == np.float32  # keep_io_fp32
+    for feed in ev:
+        got, ref = next(iter(ort_run(q, feed).values())), next(iter(ort_run(model, feed).values()))
+        assert cosine(got, ref) > 0.999 and np.abs(got - ref).max() < 0.1
+    assert ctx.report.extra["accuracy"]["float_precision"] == "fp16"
+
+
+def test_int8_attention_on_unfused_attention():
+    model = export("bert", attn="eager")
+    graph = gs.import_onnx(model)
+    bmm = [n.name for n in graph.nodes if n.op == "MatMul" and not isinstance(n.inputs[1], gs.Constant)]
+    assert len(bmm) == 4  # Q@K^T and P@V in each of 2 layers
+    _, q, ctx, ev = _quantize("bert", model=model, method="percentile")
+    assert all(d["node"] in bmm and "int8_attention" in d["reason"] for d in ctx.report.declined)
+    _, q, ctx, ev = _quantize("bert", model=model, method="percentile", int8_attention=True)
+    _check_structure(q, ctx)
+    assert set(bmm) <= {m["node"] for m in ctx.report.matched}
+    for feed in ev:
+        got, ref = next(iter(ort_run(q, feed).values())), next(iter(ort_run(model, feed).values()))
+        assert cosine(got, ref) > 0.999
+
+
 def _sensitive_bert():
     """BERT with one deliberately sensitive layer: one FFN intermediate channel scaled up 10000x (on
     the up projection's weight and bias) and down 10000x on the down projection's weight, so the

@@ -126,6 +126,11 @@ def quantize_int8(model: onnx.ModelProto, calibration: list[dict[str, np.ndarray
                     f"{accuracy['score']:.5f} >= {target} ({len(tries) + n} evaluations)")
 
     final = build(quantized)
+    if settings.float_precision == "fp16":
+        final, accuracy = _rest_to_fp16(final, ctx, report, eval_feeds, reference, language_model)
+        if target is not None and accuracy["score"] < target:
+            ctx.warn(f"quantize_int8: with the non-INT8 layers in FP16, {accuracy['metric']} is "
+                     f"{accuracy['score']:.5f}, below the target {target} that INT8+FP32 met")
     for t in targets:
         if t.node in kept_reason:
             report.decline(t.node, kept_reason[t.node], op=t.op)
@@ -135,6 +140,7 @@ def quantize_int8(model: onnx.ModelProto, calibration: list[dict[str, np.ndarray
     matmuls = sum(1 for n in final.graph.node if n.op_type in ("MatMul", "Gemm"))
     accuracy = {k: (round(v, 8) if isinstance(v, float) else v) for k, v in accuracy.items()}
     accuracy.update(int8_matmuls=len(quantized), matmuls=matmuls, method=settings.method,
+                    float_precision=settings.float_precision,
                     smoothquant_alpha=settings.smoothquant_alpha, target=target,
                     evaluation="held-out" if evaluation is not None else "calibration")
     report.extra["accuracy"] = accuracy
@@ -142,6 +148,25 @@ def quantize_int8(model: onnx.ModelProto, calibration: list[dict[str, np.ndarray
     report.note(f"INT8 on {len(quantized)} of {matmuls} MatMul/Gemm; {accuracy['metric']} {accuracy['score']:.6f}, "
                 f"worst cosine {accuracy['cosine_min']:.6f}, max abs {accuracy['max_abs']:.4g}")
     return final
+
+
+def _rest_to_fp16(model, ctx: PassContext, report: PassReport, feeds, reference, language_model):
+    """Everything not INT8 to FP16 (convert_fp16 on the Q/DQ graph, its FP32 islands kept)."""
+    from dataclasses import replace
+
+    from trtcompile.passes.convert_fp16 import convert_float
+    from trtcompile.quantize.accuracy import compare, run_all
+    from trtcompile.quantize.calibrate import ort_session
+
+    sub = PassContext(settings=replace(ctx.settings, precision="int8"), model=ctx.model,
+                      report=PassReport("convert_fp16"))
+    graph = convert_float(gs.import_onnx(model), sub, np.float16, sample_feeds=feeds[:2])
+    ctx.warnings.extend(sub.warnings)
+    out = _export(graph)
+    report.notes.extend(f"fp16 rest: {note}" for note in sub.report.notes)
+    report.extra["fp16_kept_fp32"] = sub.report.declined
+    accuracy = compare(reference, run_all(ort_session(out), feeds), feeds, language_model)
+    return out, accuracy
 
 
 def _amax_dict(amax: float) -> dict:
@@ -186,6 +211,9 @@ def _check_settings(settings: CalibrationSettings) -> None:
     if settings.smoothquant_alpha is not None and not 0 <= settings.smoothquant_alpha <= 1:
         raise UserError(f"SmoothQuant alpha {settings.smoothquant_alpha} is outside [0, 1]",
                         hint="use --smoothquant-alpha 0.5 (0.5-0.8 are typical)")
+    if settings.float_precision not in ("fp32", "fp16"):
+        raise UserError(f"float precision {settings.float_precision!r} for the non-INT8 layers is not fp32 or fp16",
+                        hint="use fp16 (fastest in TensorRT) or fp32")
     if settings.accuracy_target is not None and not 0 < settings.accuracy_target <= 1:
         raise UserError(f"accuracy target {settings.accuracy_target} is outside (0, 1]",
                         hint="give a cosine or top-1 agreement such as 0.999")
