@@ -27,7 +27,7 @@ CASES = [(f, "dynamo", 18, "sdpa") for f in ("bert", "distilbert", "gpt2", "mist
 CASES += [(f, "dynamo", 23, "eager") for f in ("bert", "distilbert", "gpt2", "mistral")]
 CASES += [(f, "dynamo", 18, "eager") for f in ("roberta", "vit", "llama", "qwen2")]
 CASES += [(f, "dynamo", 23, "sdpa") for f in ("roberta", "vit", "llama", "qwen2")]
-CASES += [("bert", "legacy", 17, "eager"), ("gpt2", "legacy", 20, "eager")]
+CASES += [("bert", "legacy", 17, "eager"), ("gpt2", "legacy", 20, "eager"), ("llama", "legacy", 20, "eager")]
 SHAPES = [(3, 7), (2, 12)]
 
 
@@ -60,10 +60,8 @@ def test_family_fully_fused_and_matches_pytorch(tiny_export, family, exporter, o
     assert "Softmax" not in counts, attention.declined
     assert not [w for w in ctx.warnings if "fuse_attention" in w], ctx.warnings
     assert fused.opset_import[0].version >= 23
-    if family in ROPE:
-        # Native GQA/MQA where the exporter gave enough shape information (dynamo).
-        for d in attention.matched:
-            assert d.get("kv_num_heads") == info.num_kv_heads, d
+    for d in attention.matched:  # head counts static and GQA/MQA native (K/V not expanded)
+        assert (d.get("q_num_heads"), d.get("kv_num_heads")) == (info.num_heads, info.num_kv_heads), d
     norm_op = "RMSNormalization" if family in ROPE else "LayerNormalization"
     assert counts.get(norm_op, 0) == 2 * info.num_layers + 1, counts
 

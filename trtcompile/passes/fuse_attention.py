@@ -54,8 +54,8 @@ from trtcompile.passes._opset import default_opset, ensure_opset
 from trtcompile.passes.attention_masks import (MASK_FILL_MAX, Mask, expand_mask, is_causal, is_noop,
                                                mask_input)
 from trtcompile.passes.context import PassContext
-from trtcompile.passes.patterns import (NameScope, const_value, infer_missing_shapes, producer, rank,
-                                        repeat_kv_source, scalar_value, shape_value, sym_dims)
+from trtcompile.passes.patterns import (NameScope, ShapeProbe, const_value, infer_missing_shapes, producer,
+                                        rank, repeat_kv_source, scalar_value, shape_value, sym_dims)
 
 log = logging.getLogger("trtcompile.passes")
 
@@ -87,20 +87,20 @@ def fuse_attention(graph: gs.Graph, ctx: PassContext) -> gs.Graph:
         # Below 13 raising the opset goes through ONNX's version converter, a new graph: do it first.
         graph = ensure_opset(graph, ATTENTION_OPSET)
         infer_missing_shapes(graph)
-    names = NameScope(graph)
+    names, probe = NameScope(graph), ShapeProbe(graph)
     native = [n for n in graph.nodes if n.op == "Attention" and n.domain in ("", "ai.onnx", None)]
     fused = 0
     for softmax in [n for n in graph.nodes if n.op == "Softmax"]:
         try:
             match = _match(softmax, graph)
-            detail = _rewrite(graph, match, names)
+            detail = _rewrite(graph, match, names, probe)
         except _Decline as exc:
             ctx.report.decline(softmax.name, str(exc))
             continue
         ctx.report.match(softmax.name, **detail)
         fused += 1
     for node in native:
-        ctx.report.match(node.name, **_native(node, graph, ctx))
+        ctx.report.match(node.name, **_native(node, graph, ctx, probe))
     if fused and default_opset(graph) < ATTENTION_OPSET:
         ctx.report.note(f"raised the default opset from {default_opset(graph)} to {ATTENTION_OPSET} for Attention")
         graph = ensure_opset(graph, ATTENTION_OPSET)
@@ -337,10 +337,20 @@ def _check_closed(nodes: list, pv: gs.Node, graph: gs.Graph) -> None:
                 raise _Decline(f"intermediate {t.name!r} is also read by {outside[0].op} {outside[0].name!r}")
 
 
+def _static_dim(t: gs.Tensor, axis: int, probe: ShapeProbe):
+    """An int where the dim is static (from the graph's shapes, else from the probe), else the
+    symbolic name or None."""
+    dim = t.shape[axis] if t.shape is not None and axis < len(t.shape) else None
+    if isinstance(dim, int):
+        return dim
+    static = probe.static(t)
+    return static[axis] if static is not None and axis < len(static) and static[axis] is not None else dim
+
+
 # --- rewriting --------------------------------------------------------------------------------
 
 
-def _rewrite(graph: gs.Graph, m: _Match, names: NameScope) -> dict:
+def _rewrite(graph: gs.Graph, m: _Match, names: NameScope, probe: ShapeProbe) -> dict:
     r = rank(m.q)
     if r is None or rank(m.v) is None or rank(m.k) is None:
         raise _Decline("rank of Q, K or V is unknown")
@@ -353,8 +363,8 @@ def _rewrite(graph: gs.Graph, m: _Match, names: NameScope) -> dict:
     k_shape = None
     if m.k_perm is not None and m.k.shape is not None:
         k_shape = [m.k.shape[p] for p in m.k_perm]
-    k_src, k_rep = repeat_kv_source(m.k) if m.k_perm is None and r == 4 else (m.k, 1)
-    v_src, v_rep = repeat_kv_source(m.v) if r == 4 else (m.v, 1)
+    k_src, k_rep = repeat_kv_source(m.k, probe) if m.k_perm is None and r == 4 else (m.k, 1)
+    v_src, v_rep = repeat_kv_source(m.v, probe) if r == 4 else (m.v, 1)
     if k_rep != v_rep:
         k_src, v_src, k_rep = m.k, m.v, 1
     k_dims = k_shape if m.k_perm is not None else k_src.shape
@@ -365,9 +375,11 @@ def _rewrite(graph: gs.Graph, m: _Match, names: NameScope) -> dict:
         for axis, what in ((0, "batch"), (r - 1, "head size")):
             if isinstance(q_dims[axis], int) and isinstance(k_dims[axis], int) and q_dims[axis] != k_dims[axis]:
                 raise _Decline(f"Q and K {what} differ ({q_dims[axis]} vs {k_dims[axis]})")
-    nq = q_dims[1] if r == 4 else q_dims[0]
-    nkv = (k_dims[1] if r == 4 else k_dims[0]) if k_dims is not None else None
-    nv = v_dims[1] if r == 4 else v_dims[0]
+    head_axis = 1 if r == 4 else 0
+    nq = _static_dim(m.q, head_axis, probe)
+    nkv = _static_dim(m.k, m.k_perm[head_axis] if m.k_perm is not None else head_axis, probe) \
+        if m.k_perm is not None else _static_dim(k_src, head_axis, probe)
+    nv = _static_dim(v_src, head_axis, probe)
     if isinstance(nkv, int) and isinstance(nv, int) and nkv != nv:
         raise _Decline(f"K has {nkv} heads and V {nv}")
     if isinstance(nq, int) and isinstance(nkv, int) and nq % nkv:
@@ -431,19 +443,20 @@ def _rewrite(graph: gs.Graph, m: _Match, names: NameScope) -> dict:
     return detail
 
 
-def _native(node: gs.Node, graph: gs.Graph, ctx: PassContext) -> dict:
+def _native(node: gs.Node, graph: gs.Graph, ctx: PassContext, probe: ShapeProbe) -> dict:
     """An exporter's own Attention: give it un-expanded K/V (native GQA), note TensorRT limits."""
     detail: dict = {"native": True}
     q, k, v = node.inputs[:3]
     if rank(q) == 4:
-        k_src, k_rep = repeat_kv_source(k)
-        v_src, v_rep = repeat_kv_source(v)
+        k_src, k_rep = repeat_kv_source(k, probe)
+        v_src, v_rep = repeat_kv_source(v, probe)
         if k_rep > 1 and k_rep == v_rep:
             node.inputs[1], node.inputs[2] = k_src, v_src
-            nq, nkv = q.shape[1], k_src.shape[1]
-            if isinstance(nq, int) and isinstance(nkv, int):
-                node.attrs["q_num_heads"], node.attrs["kv_num_heads"] = nq, nkv
             detail["gqa_unexpanded"] = True
+        # Head counts written out where static, as on the nodes this pass creates.
+        nq, nkv = _static_dim(q, 1, probe), _static_dim(node.inputs[1], 1, probe)
+        if isinstance(nq, int) and isinstance(nkv, int):
+            node.attrs["q_num_heads"], node.attrs["kv_num_heads"] = nq, nkv
     has_past = any(t.name for t in node.inputs[4:6])
     if len(node.outputs) > 1 and not has_past and not any(t.outputs or t in graph.outputs for t in node.outputs[1:]):
         while len(node.outputs) > 1:  # unused present/qk outputs: TensorRT's parser takes one only

@@ -137,11 +137,23 @@ def sym_dims(t: gs.Tensor) -> list | None:
             for i, d in enumerate(t.shape)]
 
 
-def repeat_kv_source(t: gs.Tensor) -> tuple[gs.Tensor, int]:
+def repeat_kv_source(t: gs.Tensor, probe: "ShapeProbe | None" = None) -> tuple[gs.Tensor, int]:
     """HF repeat_kv: Kkv [B,Nkv,S,H] -> Unsqueeze(2) -> Expand [B,Nkv,n,S,H] -> Reshape [B,Nkv*n,S,H].
 
     Returns (Kkv, n) when `t` is provably that expansion (head i reads KV head i // n, the
-    grouping ONNX Attention uses), else (t, 1)."""
+    grouping ONNX Attention uses), else (t, 1). Symbolic shapes first; `probe` where they fail."""
+    found = _repeat_kv_symbolic(t)
+    if found[1] == 1 and probe is not None and producer(t, "Reshape") is not None:
+        expand = producer(producer(t).inputs[0], "Expand")
+        unsq = producer(expand.inputs[0], "Unsqueeze") if expand is not None else None
+        axes = None if unsq is None else (const_value(unsq.inputs[1]) if len(unsq.inputs) > 1
+                                          else np.asarray(unsq.attrs.get("axes", [])))
+        if axes is not None and [int(a) for a in np.ravel(axes)] in ([2], [-3]):
+            found = _repeat_kv_by_probe(t, unsq.inputs[0], expand, probe)
+    return found
+
+
+def _repeat_kv_symbolic(t: gs.Tensor) -> tuple[gs.Tensor, int]:
     reshape = producer(t, "Reshape")
     expand = producer(reshape.inputs[0], "Expand") if reshape is not None else None
     unsq = producer(expand.inputs[0], "Unsqueeze") if expand is not None else None
@@ -180,6 +192,87 @@ def repeat_kv_source(t: gs.Tensor) -> tuple[gs.Tensor, int]:
     if new[1] == -1 and not all(new[i] == want[i] for i in (0, 2, 3)):
         return t, 1
     return src, n_rep
+
+
+def _repeat_kv_by_probe(t: gs.Tensor, src: gs.Tensor, expand: gs.Node, probe: "ShapeProbe") -> tuple[gs.Tensor, int]:
+    """The legacy exporter's shapes name nothing in common (unk__37 vs unk__45) and build the
+    Expand target with Where(-1 ...): check the shapes under concrete input sizes instead."""
+    if probe is None:
+        return t, 1
+    reps = set()
+    for s, e, r in probe.concrete(src, expand.outputs[0], t):
+        if s is None or r is None or len(s) != 4 or len(r) != 4 or None in s or None in r or not s[1]:
+            return t, 1
+        if r[0] != s[0] or r[2:] != s[2:] or r[1] % s[1]:
+            return t, 1
+        n_rep = r[1] // s[1]
+        if e is None or len(e) != 5 or e[2] not in (None, n_rep):
+            return t, 1
+        if any(e[i] is not None and e[i] != s[j] for i, j in ((0, 0), (1, 1), (3, 2), (4, 3))):
+            return t, 1
+        reps.add(n_rep)
+    return (src, reps.pop()) if len(reps) == 1 and min(reps) > 1 else (t, 1)
+
+
+class ShapeProbe:
+    """Static dims that symbolic shape inference cannot name (e.g. a head count behind a
+    Reshape(-1) in legacy exports), found by inferring shapes twice with the graph inputs' dynamic
+    dims set to two different sets of sizes: a dim that is the same int in both is static.
+
+    Lazy: the two inference runs (on a copy without weights) happen at the first question.
+    """
+
+    SIZES = ((37, 41, 43, 47, 53, 59, 61, 67), (71, 73, 79, 83, 89, 97, 101, 103))
+
+    def __init__(self, graph: gs.Graph):
+        self.graph = graph
+        self._runs: list[dict] | None = None
+
+    def _infer(self) -> list[dict]:
+        from trtcompile.onnx_io import fix_ir_version
+
+        base = fix_ir_version(gs.export_onnx(self.graph, do_type_check=False))
+        for init in base.graph.initializer:
+            if init.raw_data and len(init.raw_data) > 1024:
+                dims = list(init.dims)
+                init.ClearField("raw_data")
+                init.data_location = onnx.TensorProto.DEFAULT
+                init.dims[:] = dims
+        del base.graph.value_info[:]
+        runs = []
+        for sizes in self.SIZES:
+            model = onnx.ModelProto()
+            model.CopyFrom(base)
+            names: dict[str, int] = {}
+            for inp in model.graph.input:
+                for d in inp.type.tensor_type.shape.dim:
+                    if not d.HasField("dim_value"):
+                        key = d.dim_param or f"?{inp.name}"
+                        d.dim_value = names.setdefault(key, sizes[len(names) % len(sizes)])
+            try:
+                inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+            except Exception:  # best effort: no probe means the matchers fall back to declining
+                return []
+            runs.append({vi.name: [d.dim_value if d.HasField("dim_value") else None
+                                   for d in vi.type.tensor_type.shape.dim]
+                         for vi in inferred.graph.value_info if vi.type.tensor_type.HasField("shape")})
+        return runs
+
+    def concrete(self, *tensors: gs.Tensor) -> list[tuple]:
+        """Per probe run, the concrete shape of each tensor (None where unknown)."""
+        if self._runs is None:
+            self._runs = self._infer()
+        return [tuple(run.get(t.name) for t in tensors) for run in self._runs] if self._runs else [
+            tuple(None for _ in tensors)]
+
+    def static(self, tensor: gs.Tensor) -> list | None:
+        """The tensor's shape with the dims that are static (same int in every run), else None."""
+        if tensor.shape is not None and all(isinstance(d, int) for d in tensor.shape):
+            return list(tensor.shape)
+        shapes = [s[0] for s in self.concrete(tensor)]
+        if any(s is None for s in shapes) or len({len(s) for s in shapes}) != 1:
+            return None
+        return [d if all(x[i] == d for x in shapes) else None for i, d in enumerate(shapes[0])]
 
 
 def infer_missing_shapes(graph: gs.Graph) -> None:
