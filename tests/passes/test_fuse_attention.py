@@ -263,7 +263,8 @@ def test_rank3_batched_heads():
     assert_same(model, fused, {"q": _rand(B * N, S, H), "kt": _rand(B * N, H, S), "v": _rand(B * N, S, H)})
 
 
-def test_onnxruntime_transformers_style_bert_graph():
+@pytest.mark.parametrize("opset", [14, 11])
+def test_onnxruntime_transformers_style_bert_graph(opset):
     #  x [B,S,D] ── MatMul(Wq)+bq ── Reshape[0,0,N,H] ── Transpose(0,2,1,3) ────────────┐
     #  x ── MatMul(Wk)+bk ── Reshape ── Transpose(0,2,3,1) ──────────────────── MatMul ── Div(√H) ── Add ── Softmax ─┐
     #  mask [B,S] int ── Unsqueeze(1,2) ── Cast ── Sub(1, ·) ── Mul(-10000) ───────────────────┘                     │
@@ -280,13 +281,16 @@ def test_onnxruntime_transformers_style_bert_graph():
         return b.op("Transpose", heads, attrs={"perm": perm})
 
     q, kt, v = project("q", [0, 2, 1, 3]), project("k", [0, 2, 3, 1]), project("v", [0, 2, 1, 3])
-    ext = b.op("Cast", b.op("Unsqueeze", mask, _i64("axes", [1, 2])), attrs={"to": onnx.TensorProto.FLOAT})
+    # Opset 11 (older converters): Unsqueeze axes as an attribute, and ONNX's version converter
+    # turns its Softmax(axis=3) into Flatten -> Softmax -> Reshape on the way to 23.
+    unsq = b.op("Unsqueeze", mask, attrs={"axes": [1, 2]}) if opset < 13 else b.op("Unsqueeze", mask, _i64("axes", [1, 2]))
+    ext = b.op("Cast", unsq, attrs={"to": onnx.TensorProto.FLOAT})
     additive = b.op("Mul", b.op("Sub", const("one", 1.0), ext), const("neg", -10000.0))
     probs = b.op("Softmax", b.op("Add", b.op("Div", b.op("MatMul", q, kt), const("sqrt_h", np.sqrt(H))), additive),
                  attrs={"axis": 3})
     ctx = b.op("Transpose", b.op("MatMul", probs, v), attrs={"perm": [0, 2, 1, 3]})
     y = b.op("Reshape", ctx, _i64("out_shape", [0, 0, D]))
-    graph = gs.Graph(nodes=b.nodes, inputs=[x, mask], outputs=[y], opset=14)
+    graph = gs.Graph(nodes=b.nodes, inputs=[x, mask], outputs=[y], opset=opset)
     y.dtype, y.shape = np.float32, ["b", "s", D]
     from trtcompile.onnx_io import to_model
 

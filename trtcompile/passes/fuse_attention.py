@@ -128,19 +128,22 @@ def _try_match(softmax: gs.Node, graph: gs.Graph) -> bool:
 
 
 def _match(softmax: gs.Node, graph: gs.Graph) -> _Match:
-    scores = softmax.inputs[0]
+    scores, probs, interior = softmax.inputs[0], softmax.outputs[0], [softmax]
+    wrapper = _flattened_softmax(softmax)
+    if wrapper is not None:
+        scores, probs = wrapper[0].inputs[0], wrapper[1].outputs[0]
+        interior.extend(wrapper)
     r = rank(scores)
     if r is None:
         raise _Decline("rank of the attention scores is unknown")
     if r not in (3, 4):
         raise _Decline(f"scores have rank {r}; only rank-3 and rank-4 attention is fused")
     axis = softmax.attrs.get("axis", -1 if graph.opset >= 13 else 1)
-    if axis not in (-1, r - 1):
+    if wrapper is None and axis not in (-1, r - 1):
         raise _Decline(f"Softmax over axis {axis}, not the key axis")
 
-    interior = [softmax]
-    pv = _forward_to_pv(softmax, graph, interior)
-    qk, scale, masks = _backward_to_qk(softmax, interior)
+    pv = _forward_to_pv(probs, graph, interior)
+    qk, scale, masks = _backward_to_qk(scores, interior)
     interior.append(qk)
 
     q, scale_q = _peel_scale(qk.inputs[0], graph, interior)
@@ -151,9 +154,28 @@ def _match(softmax: gs.Node, graph: gs.Graph) -> _Match:
     return _Match(softmax, qk, pv, q, k, k_perm, v, scale * scale_q * scale_k, masks, interior)
 
 
-def _forward_to_pv(softmax: gs.Node, graph: gs.Graph, interior: list) -> gs.Node:
-    """Softmax -> [NaN guard] [Cast/Identity/Dropout] -> MatMul(P, V)."""
-    t = softmax.outputs[0]
+def _flattened_softmax(softmax: gs.Node) -> tuple[gs.Node, ...] | None:
+    """ONNX's version converter turns an opset < 13 Softmax(axis=3) into
+    Flatten(x, axis=3) -> Softmax(-1) -> Reshape(·, Shape(x)): the same last-axis softmax."""
+    flatten = producer(softmax.inputs[0], "Flatten")
+    readers = softmax.outputs[0].outputs
+    if flatten is None or len(readers) != 1 or readers[0].op != "Reshape" or len(flatten.outputs[0].outputs) != 1:
+        return None
+    x, reshape = flatten.inputs[0], readers[0]
+    r = rank(x)
+    if r is None or flatten.attrs.get("axis", 1) not in (r - 1, -1) or softmax.attrs.get("axis", -1) not in (-1, 1):
+        return None
+    shape = producer(reshape.inputs[1], "Shape")
+    same = shape is not None and shape.inputs[0] is x and not shape.attrs.get("start") and shape.attrs.get("end") is None
+    if same:
+        return flatten, reshape, shape
+    if shape_value(reshape.inputs[1]) != sym_dims(x):
+        return None
+    return flatten, reshape
+
+
+def _forward_to_pv(t: gs.Tensor, graph: gs.Graph, interior: list) -> gs.Node:
+    """Softmax output -> [NaN guard] [Cast/Identity/Dropout] -> MatMul(P, V)."""
     for _ in range(6):
         if t in graph.outputs:
             raise _Decline(f"attention probabilities {t.name!r} are a graph output")
@@ -196,9 +218,8 @@ def _inference_dropout(node: gs.Node) -> bool:
     return training is None and len(node.inputs) <= 2 or training is not None and not bool(training)
 
 
-def _backward_to_qk(softmax: gs.Node, interior: list) -> tuple[gs.Node, float, list[Mask]]:
+def _backward_to_qk(t: gs.Tensor, interior: list) -> tuple[gs.Node, float, list[Mask]]:
     """Softmax input back to the Q·K^T MatMul through scales, masks and casts."""
-    t = softmax.inputs[0]
     scale, masks, scaled = 1.0, [], False
     for _ in range(10):
         node = producer(t)
@@ -354,7 +375,7 @@ def _rewrite(graph: gs.Graph, m: _Match, names: NameScope, probe: ShapeProbe) ->
     r = rank(m.q)
     if r is None or rank(m.v) is None or rank(m.k) is None:
         raise _Decline("rank of Q, K or V is unknown")
-    if not (rank(m.q) == rank(m.k) == rank(m.v) == rank(m.softmax.inputs[0])):
+    if not (rank(m.q) == rank(m.k) == rank(m.v) == rank(m.qk.outputs[0])):
         raise _Decline(f"Q/K/V ranks {rank(m.q)}/{rank(m.k)}/{rank(m.v)} differ")
     dtype = m.q.dtype
     base = m.softmax.name or "attention"
