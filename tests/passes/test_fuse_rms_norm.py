@@ -81,3 +81,14 @@ def test_real_exports(tiny_export, family, exporter, opset):
     assert not {"ReduceMean", "Sqrt", "Reciprocal", "Pow"} & set(ops(fused))
     assert fused.opset_import[0].version == 23
     assert_same(model, fused, tiny_feeds(family))
+
+
+def test_warns_when_fewer_norms_than_layers_need():
+    from trtcompile.passes import ModelInfo, PassContext
+    from trtcompile.passes.fuse_rms_norm import fuse_rms_norm as run
+
+    b, x = Builder(), gs.Variable("x", dtype=np.float32, shape=["B", 5, H])
+    model = b.model([x], [_rms(b, x, eps=np.full(H, 1e-6, np.float32))])   # declined: not fused
+    ctx = PassContext(model=ModelInfo(num_layers=2))
+    run(gs.import_onnx(model), ctx)
+    assert ctx.warnings and "0 LayerNormalization/RMSNormalization ops for 2 layers" in ctx.warnings[0]
