@@ -12,9 +12,9 @@ an input because the exporter's own rotary fusion otherwise fixes cos/sin to bat
 (environment.md); the runtime computes positions from the attention mask, as HF `generate` does.
 
 The past tensors' names (`past_key_values.0.key`) are not Python identifiers, so forward takes
-`(*args, **kwargs)`: keywords by name (how export/torch_export.py and verification call it) or
-positionally in `input_names` order. torch.export maps a `dynamic_shapes` dict keyed by those
-names onto that signature (it refuses it for a plain `**kw` forward).
+`(*args, **kwargs)`: keywords by name (as verification calls it) or positionally in
+`input_names` order (torch.export cannot map `dynamic_shapes` onto `**kwargs`, so
+export/torch_export.py passes inputs positionally).
 """
 
 from __future__ import annotations
@@ -126,7 +126,15 @@ def causal_lm_io(model, config: dict) -> DecoderIO:
     # The cache geometry comes from one real call, not from config keys that differ per family.
     with torch.inference_mode():
         probe = model(input_ids=torch.zeros(1, 1, dtype=torch.int64), use_cache=True, return_dict=True)
-    layers = probe.past_key_values.layers
+    layers = getattr(probe.past_key_values, "layers", None)
+    if not layers or any(getattr(layer, "keys", None) is None for layer in layers):
+        from trtcompile.errors import UserError
+
+        arch = (config.get("architectures") or [type(model).__name__])[0]
+        raise UserError(f"{arch} does not return a key/value cache (got {type(probe.past_key_values).__name__}), "
+                        f"so it cannot be exported as a decoder with past/present K/V",
+                        hint="trtcompile supports attention decoders (GPT-2, Llama, Mistral, Qwen2, ...); "
+                             "export it as an encoder from a file.py:factory instead")
     num_layers = len(layers)
     _, kv_heads, _, head_dim = layers[0].keys.shape
     past_names, present_names = kv_names(num_layers)
