@@ -1,7 +1,6 @@
 import itertools
 
 import numpy as np
-import onnx
 import onnx_graphsurgeon as gs
 import pytest
 
@@ -118,3 +117,10 @@ def test_repairs_dynamo_rotary_for_batch_above_one(tiny_export):
         with torch.no_grad():
             expected = reference(torch.from_numpy(feeds["input_ids"]), torch.from_numpy(feeds["attention_mask"]))
         assert_close(ort_run(fused, feeds)["out"], expected.numpy(), 1e-4, f"batch {batch}")
+
+
+def test_second_run_changes_nothing(tiny_export):
+    model = tiny_export("llama", "dynamo", 23)
+    once, _ = apply(model, fuse_rotary)
+    twice, report = apply(once, fuse_rotary)
+    assert ops(twice) == ops(once) and not report.matched and not report.declined

@@ -6,13 +6,8 @@ Deliberately functions, not a matcher class: each pass reads top to bottom.
 
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
 import onnx_graphsurgeon as gs
-
-_counter = itertools.count()
-
 
 def producer(tensor: gs.Tensor, *ops: str) -> gs.Node | None:
     """The node producing `tensor`, if there is one and (when ops are given) its op is one of them."""
@@ -73,8 +68,6 @@ def other_input(node: gs.Node, tensor: gs.Tensor) -> gs.Tensor | None:
     return None
 
 
-def consumers(tensor: gs.Tensor) -> list[gs.Node]:
-    return list(tensor.outputs)
 
 
 def single_consumer(tensor: gs.Tensor, *ops: str) -> gs.Node | None:
@@ -100,17 +93,8 @@ def escapes(graph: gs.Graph, nodes: list[gs.Node], keep: gs.Tensor) -> gs.Tensor
     return None
 
 
-def unique_name(graph: gs.Graph, base: str) -> str:
-    """A node/tensor name not yet used in the graph (cheap: a process-wide counter suffix)."""
-    return f"{base}__{next(_counter)}"
 
 
-def replace_subgraph(nodes: list[gs.Node], new_node: gs.Node, graph: gs.Graph) -> None:
-    """Disconnect the matched nodes; `new_node` already writes their final output tensor."""
-    for node in nodes:
-        node.outputs.clear()
-        node.inputs.clear()
-    graph.nodes.append(new_node)
 
 
 def axis_is_last(axes, rank: int | None) -> bool:

@@ -220,6 +220,8 @@ class _CacheBuilder:
         self.memo: dict = {}
         self.batch: dict = {}
         self.target: gs.Variable | None = None   # [B, 1, 1], B read from the first rotated input
+        self.used: set[str] | None = None
+        self.count = 0
 
     def add(self, op: str, inputs, attrs=None, name: str = "rope") -> gs.Variable:
         out = gs.Variable(self.graph_unique(name))
@@ -227,9 +229,15 @@ class _CacheBuilder:
         return out
 
     def graph_unique(self, base: str) -> str:
-        from trtcompile.passes._match import unique_name
-
-        return unique_name(self.graph, f"rope/{base}")
+        # Checked against the graph: a model optimized twice must not get a second "rope/Shape_0".
+        if self.used is None:
+            self.used = set(self.graph.tensors()) | {n.name for n in self.graph.nodes}
+        while True:
+            self.count += 1
+            name = f"rope/{base}_{self.count}"
+            if name not in self.used:
+                self.used.add(name)
+                return name
 
     def halve(self, t, mode: str, head: int):
         """t[..., :head/2] (half) or t[..., 0::2] (interleaved), only where the other half is equal."""
@@ -304,6 +312,8 @@ def _repair(graph: gs.Graph, ctx: PassContext, builder: _CacheBuilder) -> None:
             continue
         if not (_needs_batch_expand(cos, x) or _needs_batch_expand(sin, x)):
             continue
+        if producer(cos, "Expand") is not None and producer(sin, "Expand") is not None:
+            continue   # already broadcast explicitly (e.g. repaired by an earlier run)
         node.inputs[1] = builder.for_batch_of(cos, x)
         node.inputs[2] = builder.for_batch_of(sin, x)
         ctx.report.match(node.name, repaired="cos/sin cache expanded to the input batch")
