@@ -55,3 +55,10 @@ def test_errors_are_one_line(package):
     result = CliRunner().invoke(generate, [str(package), "--ids", "5,6", "--max-new-tokens", "1000"])
     assert result.exit_code == 1 and "max_new_tokens 1000" in result.output
     assert "Traceback" not in result.output
+
+
+def test_registered_on_the_main_cli():
+    from trtcompile.cli import cli
+
+    result = CliRunner().invoke(cli, ["generate", "--help"])
+    assert result.exit_code == 0 and "--max-new-tokens" in result.output and "--ids" in result.output
