@@ -92,3 +92,16 @@ def test_real_exports(tiny_export, family, exporter, opset, form):
     assert all(n.attribute[0].s == form for n in gelus)
     assert not {"Erf", "Tanh"} & set(ops(fused))
     assert_same(model, fused, tiny_feeds(family))
+
+
+def test_tanh_form_with_cube_as_products():
+    # Gemma's gelu_pytorch_tanh through the legacy exporter: x³ = x·(x·x), constants first.
+    b, x = Builder(), _x()
+    cube = b.op("Mul", x, b.op("Mul", x, x))
+    inner = b.op("Add", x, b.op("Mul", const("c", 0.044715), cube))
+    t = b.op("Tanh", b.op("Mul", const("k", float(np.sqrt(2 / np.pi))), inner))
+    y = b.op("Mul", b.op("Mul", x, const("h", 0.5)), b.op("Add", t, const("one", 1.0)))
+    model = b.model([x], [y])
+    fused, report = apply(model, fuse_gelu, prepare=False)
+    assert ops(fused) == {"Gelu": 1} and fused.graph.node[0].attribute[0].s == b"tanh"
+    assert_same(model, fused, _feeds())

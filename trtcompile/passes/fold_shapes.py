@@ -36,9 +36,11 @@ def infer_shapes(graph: gs.Graph) -> int:
 
             t.dtype = tensor_dtype_to_np_dtype(tt.elem_type)
             filled += 1
-        if t.shape is None and tt.HasField("shape"):
-            t.shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim]
-            filled += 1
+        if tt.HasField("shape"):
+            shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim]
+            if t.shape is None or _static_dims(shape) > _static_dims(t.shape):
+                t.shape = shape
+                filled += 1
     return filled
 
 
@@ -60,11 +62,23 @@ def _without_weights(graph: gs.Graph) -> gs.Graph:
     return copy
 
 
-def fold_shapes(graph: gs.Graph, ctx: PassContext) -> gs.Graph:
+def _static_dims(shape) -> int:
+    return sum(1 for d in shape if isinstance(d, int) and d > 0) if shape is not None else -1
+
+
+def fold_shapes(graph: gs.Graph, ctx: PassContext, max_rounds: int = 3) -> gs.Graph:
+    """Infer, fold, repeat: a fold can make a Slice bound constant, which makes the next
+    inference give a static shape (Phi-3's partial rotary needs two rounds)."""
     before = len(graph.nodes)
-    filled = infer_shapes(graph)
-    if filled:
-        graph.fold_constants(partitioning="recursive", error_ok=True).cleanup(remove_unused_graph_inputs=False)
-        graph.toposort()
-    ctx.report.note(f"filled {filled} shapes/dtypes, removed {before - len(graph.nodes)} nodes")
+    filled_total = 0
+    for _ in range(max_rounds):
+        filled = infer_shapes(graph)
+        filled_total += filled
+        nodes = len(graph.nodes)
+        if filled:
+            graph.fold_constants(partitioning="recursive", error_ok=True).cleanup(remove_unused_graph_inputs=False)
+            graph.toposort()
+        if not filled or len(graph.nodes) == nodes:
+            break
+    ctx.report.note(f"filled {filled_total} shapes/dtypes, removed {before - len(graph.nodes)} nodes")
     return graph

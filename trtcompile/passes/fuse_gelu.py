@@ -7,7 +7,7 @@ elementwise kernels become one, which TensorRT fuses into the preceding MatMul's
 ```
   erf:   x ── Div(√2) | Mul(1/√2) ── Erf ── Add(1) ──┐
          x ──────────────────────────────────────────┴── Mul ── Mul(0.5) ── y
-  tanh:  x ── Pow(3) ── Mul(0.044715) ── Add(x, ·) ── Mul(√(2/π)) ── Tanh ── Add(1) ──┐
+  tanh:  x ── Pow(3) | x·(x·x) ── Mul(0.044715) ── Add(x, ·) ── Mul(√(2/π)) ── Tanh ── Add(1) ──┐
          x ── Mul(0.5) ─────────────────────────────────────────────────────────────┴── Mul ── y
   =>  y = Gelu(x, approximate="none" | "tanh")
 ```
@@ -61,10 +61,26 @@ def _tanh_input(tanh: gs.Node):
         coef, cube = split_const(mul)
         if coef is None or not is_scalar(coef, 0.044715):
             continue
-        pow_ = producer(cube, "Pow")
-        if pow_ is not None and pow_.inputs[0] is x and is_scalar(pow_.inputs[1], 3.0):
-            return x, [pow_, mul, add, scale]
+        cube_nodes = _cube_of(x, cube)
+        if cube_nodes:
+            return x, cube_nodes + [mul, add, scale]
     return None, []
+
+
+def _cube_of(x: gs.Tensor, cube: gs.Tensor) -> list[gs.Node]:
+    """The nodes computing x³ as Pow(x, 3) or x·(x·x) (how the legacy exporter writes Gemma's)."""
+    pow_ = producer(cube, "Pow")
+    if pow_ is not None and pow_.inputs[0] is x and is_scalar(pow_.inputs[1], 3.0):
+        return [pow_]
+    outer = producer(cube, "Mul")
+    if outer is None or len(outer.inputs) != 2:
+        return []
+    for a, b in ((outer.inputs[0], outer.inputs[1]), (outer.inputs[1], outer.inputs[0])):
+        square = producer(b, "Mul")
+        if a is x and square is not None and len(square.inputs) == 2 and square.inputs[0] is x \
+                and square.inputs[1] is x:
+            return [square, outer]
+    return []
 
 
 def _product(x: gs.Tensor, one_plus: gs.Tensor):
