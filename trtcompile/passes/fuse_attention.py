@@ -87,7 +87,10 @@ def fuse_attention(graph: gs.Graph, ctx: PassContext) -> gs.Graph:
         # Below 13 raising the opset goes through ONNX's version converter, a new graph: do it first.
         graph = ensure_opset(graph, ATTENTION_OPSET)
         infer_missing_shapes(graph)
-    names, probe = NameScope(graph), ShapeProbe(graph)
+    # Probe for static head counts up front (before any edit) when the shapes do not name them.
+    unknown_heads = any(rank(t) == 4 and not isinstance(t.shape[1], int)
+                        for n in graph.nodes if n.op == "MatMul" for t in n.inputs)
+    names, probe = NameScope(graph), ShapeProbe(graph, now=unknown_heads)
     native = [n for n in graph.nodes if n.op == "Attention" and n.domain in ("", "ai.onnx", None)]
     fused = 0
     for softmax in [n for n in graph.nodes if n.op == "Softmax"]:

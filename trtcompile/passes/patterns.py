@@ -219,14 +219,15 @@ class ShapeProbe:
     Reshape(-1) in legacy exports), found by inferring shapes twice with the graph inputs' dynamic
     dims set to two different sets of sizes: a dim that is the same int in both is static.
 
-    Lazy: the two inference runs (on a copy without weights) happen at the first question.
+    The two inference runs (on a copy without weights) happen at the first question, or at once
+    with `now=True`: a pass that rewrites the graph as it goes must probe before its first edit.
     """
 
     SIZES = ((37, 41, 43, 47, 53, 59, 61, 67), (71, 73, 79, 83, 89, 97, 101, 103))
 
-    def __init__(self, graph: gs.Graph):
+    def __init__(self, graph: gs.Graph, now: bool = False):
         self.graph = graph
-        self._runs: list[dict] | None = None
+        self._runs: list[dict] | None = self._infer() if now else None
 
     def _infer(self) -> list[dict]:
         from trtcompile.onnx_io import fix_ir_version
