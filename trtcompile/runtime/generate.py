@@ -193,8 +193,8 @@ def _kv_cache_for(model, layout: DecoderLayout, batch: int, capacity: int):
         backend = model.backend_name
         if backend == "onnxruntime" and hasattr(model.backend, "session"):
             cache = OrtKVCache(model, layout, per_token, capacity, dtypes)
-        elif backend == "tensorrt" and _device_cache_class() is not None:
-            cache = _device_cache_class()(model, layout, per_token, capacity, dtypes)
+        elif backend == "tensorrt" and hasattr(model.backend, "session"):
+            cache = DeviceKVCache(model, layout, per_token, capacity, dtypes)
         else:
             cache = HostKVCache(model, layout, per_token, capacity, dtypes)
         model._kv_cache = cache
@@ -377,10 +377,6 @@ def generate(model, input_ids, attention_mask=None, max_new_tokens: int = DEFAUL
 
 
 # --- TensorRT: the KV cache in device memory -----------------------------------------------------
-
-
-def _device_cache_class():
-    return DeviceKVCache
 
 
 class DeviceKVCache(KVCache):
