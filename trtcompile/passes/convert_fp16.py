@@ -120,15 +120,12 @@ def convert_float(graph: gs.Graph, ctx: PassContext, target, *,
             elif _is_f32(out):
                 out.dtype = target_np
                 low.add(out.name)
-        for key in ("value",):
-            if node.op in ("Constant", "ConstantOfShape") and key in node.attrs:
-                value = node.attrs[key]
-                arr = value.values if isinstance(value, gs.Constant) else None
-                if arr is not None and arr.dtype == np.float32:
-                    node.attrs[key] = gs.Constant(value.name, _to_low(arr, target_np))
-                    for out in node.outputs:
-                        out.dtype = target_np
-                        low.add(out.name)
+        value = node.attrs.get("value") if node.op in ("Constant", "ConstantOfShape") else None
+        if isinstance(value, gs.Constant) and value.values.dtype == np.float32:
+            node.attrs["value"] = gs.Constant(value.name, _to_low(value.values, target_np))
+            for out in node.outputs:
+                out.dtype = target_np
+                low.add(out.name)
 
     clamped = 0
     casts: dict[tuple[str, str], gs.Variable] = {}

@@ -65,7 +65,6 @@ def entropy_amax(hist: AbsHistogram, levels: int = INT8_LEVELS) -> float:
     if last <= levels:
         return hist.amax
     best_kl, best_i = np.inf, last
-    total = counts.sum()
     for i in range(levels, last + 1):
         p = counts[:i].copy()
         p[i - 1] += counts[i:].sum()
@@ -87,7 +86,6 @@ def entropy_amax(hist: AbsHistogram, levels: int = INT8_LEVELS) -> float:
         kl = float(np.sum(pn[mask] * np.log(pn[mask] / qn[mask])))
         if kl < best_kl:
             best_kl, best_i = kl, i
-    del total
     return float(min(hist.amax, (best_i + 0.5) * hist.width))
 
 
