@@ -102,7 +102,10 @@ def compile_package(spec: str, out: Path, *, profile_path: Path | None = None,
                     export: ExportSettings = ExportSettings(), optimize: OptimizeSettings = OptimizeSettings(),
                     calibration: CalibrationSettings = CalibrationSettings(), build: BuildSettings = BuildSettings(),
                     verify: VerifySettings = VerifySettings(), progress: Progress | None = None) -> Manifest:
+    from trtcompile.package import check_destination
+
     progress = progress or Progress(quiet=True)
+    check_destination(Path(out))  # before minutes of export, not after
     source, raw = export_stage(spec, profile_path, export, progress)
     result = optimize_stage(raw, optimize, calibration, progress)
 

@@ -28,15 +28,20 @@ _ONNX_DTYPES = {1: "float32", 2: "uint8", 3: "int8", 6: "int32", 7: "int64", 9: 
                 11: "float64", 16: "bfloat16"}
 
 
+def check_destination(out: Path) -> None:
+    """OUT may be absent, empty, or a previous package (replaced atomically); nothing else."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"output {str(out)!r} is a file, not a package directory",
+                        hint="choose another -o/--output directory")
+    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
+        raise UserError(f"output {str(out)!r} exists and is not a trtcompile package; refusing to replace it",
+                        hint="choose another -o/--output directory, or remove that one")
+
+
 class PackageWriter:
     def __init__(self, out: str | Path):
         self.out = Path(out)
-        if self.out.exists() and not self.out.is_dir():
-            raise UserError(f"output {str(self.out)!r} is a file, not a package directory",
-                            hint="choose another -o/--output directory")
-        if self.out.is_dir() and any(self.out.iterdir()) and not (self.out / MANIFEST).is_file():
-            raise UserError(f"output {str(self.out)!r} exists and is not a trtcompile package; refusing to replace it",
-                            hint="choose another -o/--output directory, or remove that one")
+        check_destination(self.out)
         self.tmp: Path | None = None
         self.committed = False
 
