@@ -20,6 +20,7 @@ from trtcompile.passes.fuse_gelu import fuse_gelu
 from trtcompile.passes.fuse_layer_norm import fuse_layer_norm
 from trtcompile.passes.fuse_rms_norm import fuse_rms_norm
 from trtcompile.passes.fuse_rotary import fuse_rotary
+from trtcompile.passes.simplify_casts import simplify_casts
 from trtcompile.passes.report import PassReport
 
 log = logging.getLogger("trtcompile.passes")
@@ -29,6 +30,7 @@ Pass = Callable[[gs.Graph, PassContext], gs.Graph]
 PIPELINE: list[Pass] = [
     fold_constants,
     fold_shapes,      # legacy exports carry no shapes: infer them, fold the shape arithmetic
+    simplify_casts,   # needs fold_shapes' dtypes; legacy exports cast fp32 to fp32
     fuse_layer_norm,  # before RMS norm: a layer norm's inner half looks like one
     fuse_rms_norm,
     fuse_gelu,

@@ -115,7 +115,8 @@ def _match_rotation(neg: gs.Node):
             return "interleaved: second stacked input is not x[..., 0::2]"
         reshape = single_consumer(concat.outputs[0], "Reshape")
         if reshape is None:
-            return "interleaved: stacked pairs are not reshaped back"
+            readers = sorted({c.op for c in concat.outputs[0].outputs})
+            return f"interleaved: stacked pairs are read by {readers}, not by one Reshape back to x's shape"
         target = const_value(reshape.inputs[1])
         exact = target is not None and target.size == 4 and int(target[-1]) == head \
             and all(int(t) == 0 for t in target[:3]) and not reshape.attrs.get("allowzero", 0)
