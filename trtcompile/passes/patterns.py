@@ -232,13 +232,18 @@ class ShapeProbe:
     def _infer(self) -> list[dict]:
         from trtcompile.onnx_io import fix_ir_version
 
-        base = fix_ir_version(gs.export_onnx(self.graph, do_type_check=False))
-        for init in base.graph.initializer:
-            if init.raw_data and len(init.raw_data) > 1024:
-                dims = list(init.dims)
-                init.ClearField("raw_data")
-                init.data_location = onnx.TensorProto.DEFAULT
-                init.dims[:] = dims
+        # Weights only matter through their shapes: make them inputs of a copy, so nothing big
+        # is serialized (graph.copy() shares, never copies, the weight arrays).
+        graph = self.graph.copy()
+        weights = {id(t): gs.Variable(t.name, dtype=t.dtype, shape=list(t.shape))
+                   for t in graph.tensors().values()
+                   if isinstance(t, gs.Constant) and int(np.prod(t.shape, dtype=np.int64)) > 64}
+        for node in graph.nodes:
+            for i, t in enumerate(node.inputs):
+                if id(t) in weights:
+                    node.inputs[i] = weights[id(t)]
+        graph.inputs.extend(weights.values())
+        base = fix_ir_version(gs.export_onnx(graph, do_type_check=False))
         del base.graph.value_info[:]
         runs = []
         for sizes in self.SIZES:
