@@ -439,3 +439,27 @@ def test_native_attention_extra_outputs_and_past_inputs(past):
     if past:
         feeds.update(pk=_rand(B, N, 3, H), pv=_rand(B, N, 3, H))
     assert_same(model, fused, feeds)
+
+
+def test_fp16_block_with_fp32_softmax_and_dropout():
+    #  fp16 q,k,v: MatMul ── Mul(c) ── Add(mask fp32 after Cast) ...; HF's eager upcast:
+    #  scores ── Cast(fp32) ── Add(mask) ── Softmax ── Cast(fp16) ── Dropout (inference) ── MatMul(v)
+    b = Builder()
+    f16 = np.float16
+    q, k, v = _var("q", [B, N, S, H], f16), _var("k", [B, N, S, H], f16), _var("v", [B, N, S, H], f16)
+    m = _var("m", [B, 1, S, S])
+    scores = b.op("Mul", b.op("MatMul", q, b.op("Transpose", k, attrs={"perm": [0, 1, 3, 2]})),
+                  gs.Constant("c", np.array(H ** -0.5, f16)))
+    up = b.op("Cast", scores, attrs={"to": onnx.TensorProto.FLOAT})
+    probs = b.op("Softmax", b.op("Add", up, m), attrs={"axis": -1})
+    down = b.op("Cast", probs, attrs={"to": onnx.TensorProto.FLOAT16})
+    y = b.op("MatMul", b.op("Dropout", down), v, dtype=f16)
+    model = b.model([q, k, v, m], [y])
+    fused, report = _fuse(model)
+    node = _assert_fused(fused, report, scale=float(f16(H ** -0.5)))  # the graph's own fp16 constant
+    assert "Cast" in ops(fused) and node.input[3] != "m"  # the fp32 mask is cast to Q's fp16
+    mask = np.zeros((B, 1, S, S), np.float32)
+    mask[0, ..., 3:] = -10000.0
+    feeds = {"q": _rand(B, N, S, H).astype(f16), "k": _rand(B, N, S, H).astype(f16),
+             "v": _rand(B, N, S, H).astype(f16), "m": mask}
+    assert_same(model, fused, feeds, atol=2e-3)  # fp16 outputs: rounding, not the fusion
