@@ -124,3 +124,51 @@ def test_second_run_changes_nothing(tiny_export):
     once, _ = apply(model, fuse_rotary)
     twice, report = apply(once, fuse_rotary)
     assert ops(twice) == ops(once) and not report.matched and not report.declined
+
+
+def test_heads_after_sequence_layout_is_transposed_around_the_op():
+    # x is [B, S, N, H] and the cache broadcasts over axis 2 (GPT-J/NeoX-style code):
+    # RotaryEmbedding wants [B, N, S, H], so the fusion transposes in and back out.
+    ang = np.concatenate([_angles()] * 2, axis=-1)[None, :, None, :]          # [1, S, 1, H]
+    b, x = Builder(), gs.Variable("x", dtype=np.float32, shape=["B", S, N, H])
+    model = b.model([x], [_half_rotation(b, x, np.cos(ang), np.sin(ang))])
+    fused, report = apply(model, fuse_rotary, prepare=False)
+    assert ops(fused).get("RotaryEmbedding") == 1 and ops(fused).get("Transpose") == 2
+    assert report.matched[0]["layout"] == "bsnh"
+    feeds = {"x": np.random.default_rng(0).standard_normal((3, S, N, H)).astype(np.float32)}
+    assert_same(model, fused, feeds)
+
+
+def test_gptj_interleaved_partial_rotary_real_export(tmp_path):
+    # GPT-J: rotate_every_two on [B, S, N, H], rotary_dim < head size, cos/sin from
+    # repeat_interleave: a family none of the fusions was written against.
+    import warnings
+
+    import onnx
+    import torch
+    import transformers as tf
+
+    from conftest import tiny_feeds
+
+    torch.manual_seed(0)
+    model = tf.GPTJForCausalLM(tf.GPTJConfig(vocab_size=128, n_embd=64, n_layer=2, n_head=4, rotary_dim=8,
+                                             n_positions=256, bos_token_id=1, eos_token_id=2)).eval()
+
+    class Wrapped(torch.nn.Module):
+        def forward(self, ids, mask):
+            return model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+
+    batch, seq = torch.export.Dim("B", min=1, max=16), torch.export.Dim("S", min=2, max=64)
+    path = tmp_path / "gptj.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Wrapped(), (torch.randint(0, 128, (2, 8)), torch.ones(2, 8, dtype=torch.int64)), str(path),
+                          dynamo=True, opset_version=18, input_names=["input_ids", "attention_mask"],
+                          output_names=["out"], dynamic_shapes={"ids": {0: batch, 1: seq}, "mask": {0: batch, 1: seq}},
+                          external_data=False, verbose=False)
+    raw = onnx.load(str(path))
+    fused, report = apply(raw, fuse_rotary)
+    assert ops(fused).get("RotaryEmbedding") == 4 and not report.declined
+    assert all(m["mode"] == "interleaved" and m["layout"] == "bsnh" for m in report.matched)
+    for b_, s_ in ((1, 5), (3, 7)):
+        assert_same(raw, fused, tiny_feeds("gpt2", b_, s_))

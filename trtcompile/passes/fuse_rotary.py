@@ -11,12 +11,13 @@ Two jobs, both for Llama/Mistral/Qwen-style decoders (and GPT-J/NeoX-style inter
      └─ Mul(cos) ─── Add ◀── Mul(sin)        └─ Mul(cos) ─── Add ◀── Mul(sin) ◀──────────────┘
   =>  RotaryEmbedding(x, cos_cache, sin_cache, interleaved=0|1)
 ```
-   x is [B, N, S, H] (heads before sequence, as HF applies it). HF's cos/sin are [b, S, H]
-   with each half (or each pair) duplicated, unsqueezed on the head axis; the op wants the
-   non-duplicated [B, S, H/2]. We only fuse when the duplication is proven: a constant whose
-   halves are equal, or `Concat(f, f)` under elementwise ops (Cos, Sin, Cast, scalar Mul...),
-   which we then rebuild on f. The cache is expanded to the batch of x, since positions computed
-   from `arange` have batch 1.
+   x is [B, N, S, H] (HF Llama/Mistral/Qwen/Phi-3/Gemma/NeoX) or [B, S, N, H] (GPT-J; then the
+   op gets Transposes around it). x may itself be a slice of the head (partial rotary).
+   HF's cos/sin are [b, S, H] with each half (or each pair) duplicated, unsqueezed on the head
+   axis; the op wants the non-duplicated [B, S, H/2]. We only fuse when the duplication is
+   proven: a constant whose halves are equal, `Concat(f, f)` under elementwise ops (Cos, Sin,
+   Cast, scalar Mul...), which we then rebuild on f, or GPT-J's repeat_interleave(f, 2). The cache
+   is expanded to x's batch and sequence, since positions computed from `arange` have batch 1.
 
 2. Repair the dynamo exporter's own opset-23 RotaryEmbedding: its cos/sin caches are 3-D with
    batch 1 (positions from `arange`, no position_ids input), and ONNX Runtime rejects batch > 1
@@ -158,12 +159,17 @@ def _match(graph: gs.Graph, neg: gs.Node):
     leak = escapes(graph, nodes, add.outputs[0])
     if leak is not None:
         return f"intermediate {leak.name!r} is used outside the rotary embedding"
+    layouts = set()
     for what, t in (("cos", cos), ("sin", sin)):
-        source = _cache_source(t)
-        if isinstance(source, str):
-            return f"{what}: {source}"
-        if not _duplicated(source, mode, _head_size(x)):
+        found = _cache_source(t, mode, _head_size(x))
+        if isinstance(found, str):
+            return f"{what}: {found}"
+        source, layout, halved = found
+        layouts.add(layout)
+        if not halved and not _duplicated(source, mode, _head_size(x)):
             return f"{what}: duplication across the rotated halves not provable"
+    if len(layouts) != 1:
+        return "cos and sin broadcast over different axes"
     return x, mode, nodes, cos, sin, add.outputs[0]
 
 
@@ -189,28 +195,62 @@ def _duplicated(t, mode: str, head: int) -> bool:
     return False
 
 
-def _cache_source(t: gs.Tensor):
-    """The rank-3 [b, S, H] tensor or constant that `t` ([b, 1, S, H]) broadcasts from."""
+_HEAD_AXIS = {1: "bnsh", -3: "bnsh", 2: "bsnh", -2: "bsnh"}
+
+
+def _axes(node: gs.Node) -> list[int] | None:
+    axes = node.attrs.get("axes")
+    if axes is None and len(node.inputs) > 1:
+        axes = const_value(node.inputs[1])
+    return None if axes is None else [int(a) for a in np.asarray(axes).ravel()]
+
+
+def _cache_source(t: gs.Tensor, mode: str, head: int):
+    """Where the cache `t` (broadcast against x) comes from: (rank-3 [b, S, H] tensor or array,
+    layout of x, whether it is already the non-duplicated [b, S, H/2]), or a reason.
+
+    x is [B, N, S, H] ("bnsh", HF Llama: cos unsqueezed on axis 1) or [B, S, N, H] ("bsnh",
+    GPT-J/NeoX-style: axis 2)."""
     value = const_value(t)
     if value is not None:
         if value.ndim > 4:
             return "constant cache of rank > 4"
         value = value.reshape((1,) * (4 - value.ndim) + value.shape)
-        if value.shape[1] != 1:
-            return "constant cache varies over heads"
-        return value[:, 0]
-    unsq = producer(t, "Unsqueeze")
+        if value.shape[1] == 1:
+            return value[:, 0], "bnsh", False
+        if value.shape[2] == 1:
+            return value[:, :, 0], "bsnh", False
+        return "constant cache varies over heads"
+    node = producer(t)
+    if node is not None and node.op == "Unsqueeze":
+        axes = _axes(node)
+        if axes is None or len(axes) != 1 or axes[0] not in _HEAD_AXIS:
+            return f"cache unsqueezed on axes {axes}, not a head axis (1 or 2)"
+        if rank(node.inputs[0]) not in (None, 3):
+            return f"cache has rank {rank(node.inputs[0])}, not [b, S, H]"
+        return node.inputs[0], _HEAD_AXIS[axes[0]], False
+    if mode == "interleaved" and node is not None and node.op == "Reshape":
+        found = _repeat_interleave(node, head)
+        if found is not None:
+            return found
+    return "not Unsqueeze(cache, head axis), repeat_interleave(cache, 2) nor a constant"
+
+
+def _repeat_interleave(reshape: gs.Node, head: int):
+    """torch.repeat_interleave(a[:, :, None, :], 2, 3) as dynamo writes it:
+    Reshape(Expand(Unsqueeze(a, [head axis, 4]), [..., 2]), [..., H]) -> (a, layout, True)."""
+    expand = producer(reshape.inputs[0], "Expand")
+    unsq = producer(expand.inputs[0], "Unsqueeze") if expand is not None else None
     if unsq is None:
-        return "not Unsqueeze(cache, head axis) nor a constant (layout [B, S, N, H] is not fused)"
-    axes = unsq.attrs.get("axes")
-    if axes is None and len(unsq.inputs) > 1:
-        axes = const_value(unsq.inputs[1])
-    if axes is None or [int(a) for a in np.asarray(axes).ravel()] not in ([1], [-3]):
-        return f"cache unsqueezed on axes {None if axes is None else np.asarray(axes).tolist()}, not the head axis 1"
-    inner = unsq.inputs[0]
-    if rank(inner) not in (None, 3):
-        return f"cache has rank {rank(inner)}, not [b, S, H]"
-    return inner
+        return None
+    axes = sorted(_axes(unsq) or [])
+    target, final = const_value(expand.inputs[1]), const_value(reshape.inputs[1])
+    if len(axes) != 2 or axes[1] != 4 or axes[0] not in (1, 2) or target is None or target.size != 5 \
+            or int(target[-1]) != 2 or final is None or final.size != 4 or int(final[-1]) != head:
+        return None
+    if rank(unsq.inputs[0]) not in (None, 3):
+        return None
+    return unsq.inputs[0], _HEAD_AXIS[axes[0]], True
 
 
 class _CacheBuilder:
@@ -220,7 +260,7 @@ class _CacheBuilder:
         self.graph = graph
         self.memo: dict = {}
         self.batch: dict = {}
-        self.target: gs.Variable | None = None   # [B, 1, 1], B read from the first rotated input
+        self.targets: dict[bool, gs.Variable] = {}   # [B, 1, 1] / [B, S, 1] from the first rotated input
         self.used: set[str] | None = None
         self.count = 0
 
@@ -277,19 +317,24 @@ class _CacheBuilder:
             return self.add(node.op, inputs, dict(node.attrs), node.op.lower())
         return None
 
-    def for_batch_of(self, cache: gs.Tensor, x: gs.Tensor) -> gs.Tensor:
-        """Expand(cache [b, S, h], [B, 1, 1]) with B read from x: the spec's 3-D cache is per batch."""
+    def for_batch_of(self, cache: gs.Tensor, x: gs.Tensor, with_seq: bool = False) -> gs.Tensor:
+        """Expand(cache [b, s, h], [B, 1, 1]) with B read from x: the spec's 3-D cache is per batch.
+        with_seq (x is [B, N, S, H]): Expand to [B, S, 1], for caches constant over positions."""
         # The exporter recomputes Cos/Sin per layer: key on (op, input) so every layer shares one.
         node = producer(cache)
         key = (node.op, id(node.inputs[0])) if node is not None and node.op in _UNARY and not node.attrs \
             else id(cache)
+        key = (key, with_seq)
         if key in self.batch:
             return self.batch[key]
-        if self.target is None:
-            shape = self.add("Shape", [x], {"start": 0, "end": 1}, "batch")
-            self.target = self.add("Concat", [shape, gs.Constant(self.graph_unique("ones"), np.ones(2, np.int64))],
-                                   {"axis": 0}, "expand_shape")
-        out = self.add("Expand", [cache, self.target], name="cache_batch")
+        if self.targets.get(with_seq) is None:
+            batch = self.add("Shape", [x], {"start": 0, "end": 1}, "batch")
+            parts = [batch]
+            if with_seq:
+                parts.append(self.add("Shape", [x], {"start": 2, "end": 3}, "seq"))
+            ones = gs.Constant(self.graph_unique("ones"), np.ones(3 - len(parts), np.int64))
+            self.targets[with_seq] = self.add("Concat", [*parts, ones], {"axis": 0}, "expand_shape")
+        out = self.add("Expand", [cache, self.targets[with_seq]], name="cache_batch")
         self.batch[key] = out
         return out
 
@@ -334,19 +379,23 @@ def fuse_rotary(graph: gs.Graph, ctx: PassContext) -> gs.Graph:
             continue
         x, mode, nodes, cos, sin, output = found
         head = _head_size(x)
-        caches = []
-        for t in (cos, sin):
-            source = _cache_source(t)
-            half = builder.halve(source, mode, head)
-            if half is None:
-                break
-            caches.append(builder.for_batch_of(half, x))
-        assert len(caches) == 2, "_duplicated and _CacheBuilder.halve disagree"
-        name = f"{neg.name or output.name}/RotaryEmbedding"
-        fused = gs.Node("RotaryEmbedding", name=name, attrs={"interleaved": int(mode == "interleaved")},
-                        inputs=[x, *caches], outputs=[output])
         for node in nodes:
             node.outputs.clear()
-        graph.nodes.append(fused)
-        ctx.report.match(name, mode=mode, head_size=head, removed=len(nodes))
+        name = f"{neg.name or output.name}/RotaryEmbedding"
+        x_in, out, layout = x, output, None
+        caches = []
+        for t in (cos, sin):
+            source, layout, halved = _cache_source(t, mode, head)
+            half = source if halved else builder.halve(source, mode, head)
+            assert half is not None, "_duplicated and _CacheBuilder.halve disagree"
+            caches.append(half)
+        if layout == "bsnh":   # the op wants heads before sequence: transpose in and back out
+            x_in = builder.add("Transpose", [x], {"perm": [0, 2, 1, 3]}, "to_bnsh")
+            out = gs.Variable(builder.graph_unique("rotated"), dtype=output.dtype)
+            graph.nodes.append(gs.Node("Transpose", name=builder.graph_unique("to_bsnh"),
+                                       attrs={"perm": [0, 2, 1, 3]}, inputs=[out], outputs=[output]))
+        caches = [builder.for_batch_of(c, x_in, with_seq=True) for c in caches]
+        graph.nodes.append(gs.Node("RotaryEmbedding", name=name, attrs={"interleaved": int(mode == "interleaved")},
+                                   inputs=[x_in, *caches], outputs=[out]))
+        ctx.report.match(name, mode=mode, layout=layout, head_size=head, removed=len(nodes))
     return graph.cleanup(remove_unused_graph_inputs=False).toposort()
