@@ -38,8 +38,13 @@ Matched subgraph, anchored on each Softmax:
   block (e.g. attention probabilities returned to the user), a scale applied after the mask,
   ops between the MatMuls this pass does not understand, unknown or mismatched ranks/heads.
 - Opset-23 `Attention` nodes already in the graph count as fused; their repeat_kv K/V inputs
-  are replaced by the un-expanded ones.
-The model's default opset is raised to 23 when anything is fused.
+  are replaced by the un-expanded ones, unused extra outputs are dropped, and what TensorRT's
+  parser would reject (past inputs, a mask with is_causal, softcap) is a warning.
+- Head counts: from the shapes; where the legacy exporter leaves them symbolic (Reshape to
+  [B, S, -1, H]) a ShapeProbe infers shapes at two concrete input sizes (patterns.py).
+The model's default opset is raised to 23 when anything is fused (below 13 through ONNX's
+version converter, whose Flatten -> Softmax -> Reshape is matched too). A shortfall against
+`ctx.model.num_layers` is a warning for the user.
 """
 
 from __future__ import annotations
@@ -401,8 +406,8 @@ def _rewrite(graph: gs.Graph, m: _Match, names: NameScope, probe: ShapeProbe) ->
                 raise _Decline(f"Q and K {what} differ ({q_dims[axis]} vs {k_dims[axis]})")
     head_axis = 1 if r == 4 else 0
     nq = _static_dim(m.q, head_axis, probe)
-    nkv = _static_dim(m.k, m.k_perm[head_axis] if m.k_perm is not None else head_axis, probe) \
-        if m.k_perm is not None else _static_dim(k_src, head_axis, probe)
+    nkv = (_static_dim(m.k, m.k_perm[head_axis], probe) if m.k_perm is not None
+           else _static_dim(k_src, head_axis, probe))
     nv = _static_dim(v_src, head_axis, probe)
     if isinstance(nkv, int) and isinstance(nv, int) and nkv != nv:
         raise _Decline(f"K has {nkv} heads and V {nv}")
