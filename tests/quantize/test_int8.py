@@ -125,6 +125,12 @@ def test_int8_attention_on_unfused_attention():
         assert cosine(got, ref) > 0.999
 
 
+def test_int8_attention_declines_fused_attention():
+    _, q, ctx, _ = _quantize("bert", method="minmax", int8_attention=True)
+    declined = [d for d in ctx.report.declined if d["op"] == "Attention"]
+    assert len(declined) == 2 and all("IAttention" in d["reason"] for d in declined)
+
+
 def _sensitive_bert():
     """BERT with one deliberately sensitive layer: one FFN intermediate channel scaled up 10000x (on
     the up projection's weight and bias) and down 10000x on the down projection's weight, so the

@@ -42,6 +42,10 @@ def find_targets(graph: gs.Graph, report=None, int8_attention: bool = False) -> 
     """Every MatMul/Gemm TensorRT can run in INT8; declines (with reasons) go to `report`."""
     targets = []
     for node in graph.nodes:
+        if node.op == "Attention" and int8_attention and report is not None:
+            report.decline(node.name, "fused Attention stays float: TensorRT's IAttention takes "
+                                      "FP32/FP16/BF16 Q/K/V (INT8 attention needs the unfused MatMul/Softmax form)",
+                           op=node.op)
         if node.op not in ("MatMul", "Gemm"):
             continue
         a, b = node.inputs[0], node.inputs[1]
