@@ -42,7 +42,8 @@ class CalibrationSettings:
     method: str = "entropy"
     percentile: float = 99.99
     num_samples: int = 64
-    smoothquant_alpha: float | None = None
+    # SmoothQuant migration strength in [0, 1], "auto" (searched per layer), or None (off).
+    smoothquant_alpha: float | str | None = None
     # Mean embedding cosine (encoders) or top-1 agreement (LMs) vs FP32 that INT8 must keep;
     # the most sensitive MatMuls fall back to FP32 until it holds.
     accuracy_target: float | None = None

@@ -60,7 +60,7 @@ def _check_structure(q: onnx.ModelProto, ctx) -> gs.Graph:
 
 @pytest.mark.parametrize("family,method,alpha", [
     ("bert", "minmax", None), ("bert", "entropy", None), ("gpt2", "percentile", None),
-    ("llama", "entropy", None), ("llama", "minmax", 0.5)])
+    ("llama", "entropy", None), ("llama", "minmax", 0.5), ("gpt2", "minmax", "auto")])
 def test_int8_family_matches_fp32(family, method, alpha):
     model, q, ctx, ev = _quantize(family, method=method, smoothquant_alpha=alpha)
     graph = _check_structure(q, ctx)
@@ -81,6 +81,8 @@ def test_int8_family_matches_fp32(family, method, alpha):
         assert amax > 0 and match["method"] == method
     if alpha is not None:
         assert any("smoothquant" in note for note in ctx.report.notes)
+    if alpha == "auto":
+        assert any("(auto)" in note or "unsmoothed" in note for note in ctx.report.notes)
 
 
 def test_int8_weights_are_int8_per_channel():
@@ -201,3 +203,5 @@ def test_bad_calibration_data_fails_clearly():
         quantize_int8(model, [bad], CalibrationSettings(), ctx)
     with pytest.raises(UserError, match="calibration method 'kl'"):
         quantize_int8(model, good, CalibrationSettings(method="kl"), ctx)
+    with pytest.raises(UserError, match="SmoothQuant alpha 1.5"):
+        quantize_int8(model, good, CalibrationSettings(smoothquant_alpha=1.5), ctx)

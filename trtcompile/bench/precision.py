@@ -211,7 +211,8 @@ def main(argv: list[str] | None = None) -> dict:
             ours(f"INT8 {method} (ours)", method=method)
         for method in ("minmax", "percentile", "entropy"):
             ours(f"INT8 {method} SQ{alpha} (ours)", method=method, smoothquant_alpha=alpha)
-        ours(f"INT8 minmax SQ{alpha} target {args.target} (ours)", method="minmax", smoothquant_alpha=alpha,
+        ours("INT8 minmax SQauto (ours)", method="minmax", smoothquant_alpha="auto")
+        ours(f"INT8 minmax SQauto target {args.target} (ours)", method="minmax", smoothquant_alpha="auto",
              accuracy_target=args.target)
         ours(f"INT8 minmax SQ{alpha} + FP16 rest (ours)", method="minmax", smoothquant_alpha=alpha,
              float_precision="fp16")

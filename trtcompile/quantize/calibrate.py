@@ -28,8 +28,11 @@ def ort_session(model: onnx.ModelProto, *, optimize: bool = False, threads: int 
 
 
 def collect(model: onnx.ModelProto, tensors: list[str], feeds: list[dict[str, np.ndarray]], *,
-            per_channel: bool = False, description: str = "calibrating") -> dict[str, dict]:
-    """{tensor: {"hist": AbsHistogram, "channel_amax": ndarray | None}} over all feeds."""
+            per_channel: bool = False, sample_rows: int = 0,
+            description: str = "calibrating") -> dict[str, dict]:
+    """{tensor: {"hist": AbsHistogram, "channel_amax": ndarray | None, "rows": ndarray | None}}
+    over all feeds; "rows" keeps the first `sample_rows` rows ([N, channels]) for SmoothQuant's
+    alpha search."""
     augmented = onnx.ModelProto()
     augmented.CopyFrom(model)
     present = {o.name for o in augmented.graph.output}
@@ -37,7 +40,7 @@ def collect(model: onnx.ModelProto, tensors: list[str], feeds: list[dict[str, np
         if name not in present:
             augmented.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
     session = ort_session(augmented, optimize=False)
-    stats = {name: {"hist": AbsHistogram(), "channel_amax": None} for name in tensors}
+    stats = {name: {"hist": AbsHistogram(), "channel_amax": None, "rows": None} for name in tensors}
     with _progress(description, len(feeds)) as advance:
         for feed in feeds:
             values = session.run(tensors, feed)
@@ -49,6 +52,12 @@ def collect(model: onnx.ModelProto, tensors: list[str], feeds: list[dict[str, np
                     peak = flat.max(axis=0)
                     entry["channel_amax"] = peak if entry["channel_amax"] is None else np.maximum(
                         entry["channel_amax"], peak)
+                if sample_rows:
+                    rows = np.asarray(value, np.float32).reshape(-1, value.shape[-1])
+                    have = 0 if entry["rows"] is None else len(entry["rows"])
+                    if have < sample_rows:
+                        take = rows[: sample_rows - have]
+                        entry["rows"] = take if entry["rows"] is None else np.concatenate([entry["rows"], take])
             advance()
     return stats
 

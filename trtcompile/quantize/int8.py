@@ -24,6 +24,7 @@ from trtcompile.settings import CALIBRATION_METHODS, CalibrationSettings
 
 log = logging.getLogger("trtcompile.quantize")
 _SENSITIVITY_BATCHES = 8
+_AUTO_ROWS = 2048  # activation rows kept per tensor for SmoothQuant's alpha search
 
 
 def quantize_int8(model: onnx.ModelProto, calibration: list[dict[str, np.ndarray]],
@@ -56,10 +57,12 @@ def quantize_int8(model: onnx.ModelProto, calibration: list[dict[str, np.ndarray
 
     if settings.smoothquant_alpha is not None:
         acts = sorted({t.activations[0] for t in targets if t.weight is not None})
+        auto = settings.smoothquant_alpha == "auto"
         stats = _collect(collect, _export(graph), acts, calibration, per_channel=True,
-                         description="smoothquant statistics")
+                         sample_rows=_AUTO_ROWS if auto else 0, description="smoothquant statistics")
         graph = smooth(graph, targets, {n: s["channel_amax"] for n, s in stats.items()},
-                       settings.smoothquant_alpha, report)
+                       settings.smoothquant_alpha, report,
+                       samples={n: s["rows"] for n, s in stats.items()} if auto else None)
         keep = {t.node for t in targets}
         targets = [t for t in find_targets(graph, None, settings.int8_attention) if t.node in keep]
     fp32_model = _export(graph)
@@ -208,9 +211,10 @@ def _check_settings(settings: CalibrationSettings) -> None:
     if not 0 < settings.percentile <= 100:
         raise UserError(f"calibration percentile {settings.percentile} is outside (0, 100]",
                         hint="use e.g. 99.99")
-    if settings.smoothquant_alpha is not None and not 0 <= settings.smoothquant_alpha <= 1:
+    alpha = settings.smoothquant_alpha
+    if alpha is not None and alpha != "auto" and not (isinstance(alpha, (int, float)) and 0 <= alpha <= 1):
         raise UserError(f"SmoothQuant alpha {settings.smoothquant_alpha} is outside [0, 1]",
-                        hint="use --smoothquant-alpha 0.5 (0.5-0.8 are typical)")
+                        hint="use --smoothquant-alpha 0.85 (0.5-0.95 are typical), or 'auto' to search per layer")
     if settings.float_precision not in ("fp32", "fp16"):
         raise UserError(f"float precision {settings.float_precision!r} for the non-INT8 layers is not fp32 or fp16",
                         hint="use fp16 (fastest in TensorRT) or fp32")
