@@ -363,8 +363,8 @@ def test_declines_when_scores_are_read_elsewhere():
     _assert_declined(model, fused, report, "also read by ReduceMax")
 
 
-def test_declines_scale_after_mask():
-    #  (Q·K^T + mask) * c scales the mask too; Attention adds the mask after scaling.
+def test_scale_after_mask_is_applied_to_the_mask():
+    #  (Q·K^T + bias) * c: Attention adds its mask after scaling, so the mask becomes bias * c.
     b = Builder()
     q, k, v = _qkv()
     scores = b.op("MatMul", q, b.op("Transpose", k, attrs={"perm": [0, 1, 3, 2]}))
@@ -372,7 +372,21 @@ def test_declines_scale_after_mask():
     y = b.op("MatMul", b.op("Softmax", b.op("Mul", b.op("Add", scores, bias), const("c", 0.3))), v)
     model = b.model([q, k, v], [y])
     fused, report = _fuse(model)
-    _assert_declined(model, fused, report, "scale applied after the mask")
+    _assert_fused(fused, report, scale=0.3)
+    assert ops(fused).get("Mul") == 1
+    assert_same(model, fused, {n: _rand(B, N, S, H) for n in "qkv"})
+
+
+def test_declines_negative_scale_after_mask():
+    #  (Q·K^T + mask) * -1 would turn the mask's -inf into +inf: left alone.
+    b = Builder()
+    q, k, v = _qkv()
+    scores = b.op("MatMul", q, b.op("Transpose", k, attrs={"perm": [0, 1, 3, 2]}))
+    bias = const("bias", _rand(1, 1, S, S))
+    y = b.op("MatMul", b.op("Softmax", b.op("Mul", b.op("Add", scores, bias), const("c", -0.3))), v)
+    model = b.model([q, k, v], [y])
+    fused, report = _fuse(model)
+    _assert_declined(model, fused, report, "non-positive scale")
 
 
 def test_declines_softmax_over_query_axis():

@@ -24,6 +24,7 @@ class Mask:
     tensor: gs.Tensor
     kind: str  # "additive" or "bool"
     inverted: bool = False  # bool mask that is True where masked (Where(cond, -inf, scores))
+    factor: float = 1.0  # scale the graph applies after adding this mask ((QK^T + mask) * c)
 
 
 def all_true(t: gs.Tensor, depth: int = 6) -> bool:
@@ -124,6 +125,7 @@ def is_causal(mask: Mask) -> bool:
 
 def mask_input(masks: list[Mask], dtype, add, names: NameScope, base: str) -> gs.Tensor:
     """One mask as it is (bool True = attend, or additive in Q's dtype); several summed as additive."""
+    # A bool mask needs no scaling (a positive factor keeps masked entries at -inf).
     if len(masks) == 1 and masks[0].kind == "bool":
         mk = masks[0]
         if not mk.inverted:
@@ -138,9 +140,13 @@ def mask_input(masks: list[Mask], dtype, add, names: NameScope, base: str) -> gs
             low = gs.Constant(names(f"{base}/mask_low"), np.array(np.finfo(np_dtype).min, np_dtype))
             pair = [low, zero] if mk.inverted else [zero, low]
             t = add("Where", [t, *pair], out_dtype=np_dtype, out_shape=t.shape, hint="mask_additive")
-        elif t.dtype is not None and np.dtype(t.dtype) != np_dtype:
-            t = add("Cast", [t], {"to": onnx_dtype(np_dtype)}, out_dtype=np_dtype, out_shape=t.shape,
-                    hint="mask_cast")
+        else:
+            if t.dtype is not None and np.dtype(t.dtype) != np_dtype:
+                t = add("Cast", [t], {"to": onnx_dtype(np_dtype)}, out_dtype=np_dtype, out_shape=t.shape,
+                        hint="mask_cast")
+            if mk.factor != 1.0:  # Attention adds the mask after scaling: scale it as the graph did
+                c = gs.Constant(names(f"{base}/mask_scale"), np.array(mk.factor, np_dtype))
+                t = add("Mul", [t, c], out_dtype=np_dtype, out_shape=t.shape, hint="mask_scaled")
         total = t if total is None else add("Add", [total, t], out_dtype=np_dtype, hint="mask_sum")
     return total
 

@@ -14,7 +14,7 @@ Matched subgraph, anchored on each Softmax:
          \\                  /                K and V may be HF repeat_kv expansions:
           MatMul (Q, K^T)                        Kkv [B,Nkv,Skv,H] -> Unsqueeze(2) -> Expand
        [Mul c | Div c]                           [B,Nkv,n_rep,Skv,H] -> Reshape [B,Nq,Skv,H]
-       [Add mask] [Where(bool, ., -inf)] ...
+       [Add mask] [Where(bool, ., -inf)] ...     (a scale after a mask is applied to it too)
        [Cast]
           Softmax (last axis)
        [Where(IsNaN(p), 0, p)]  [Cast]
@@ -35,7 +35,7 @@ Matched subgraph, anchored on each Softmax:
   from Attention, where MatMul/Softmax gave the mean of V; nothing downstream reads those rows.
 - Rank-3 [B*N, S, H] batched attention is fused as one batch of B*N heads (Unsqueeze/Squeeze).
 - Declined (left as they were, with the reason in the report): an intermediate used outside the
-  block (e.g. attention probabilities returned to the user), a scale applied after the mask,
+  block (e.g. attention probabilities returned to the user), a negative scale after the mask,
   ops between the MatMuls this pass does not understand, unknown or mismatched ranks/heads.
 - Opset-23 `Attention` nodes already in the graph count as fused; their repeat_kv K/V inputs
   are replaced by the un-expanded ones, unused extra outputs are dropped, and what TensorRT's
@@ -228,7 +228,7 @@ def _inference_dropout(node: gs.Node) -> bool:
 
 def _backward_to_qk(t: gs.Tensor, interior: list) -> tuple[gs.Node, float, list[Mask]]:
     """Softmax input back to the Q·K^T MatMul through scales, masks and casts."""
-    scale, masks, scaled = 1.0, [], False
+    scale, masks = 1.0, []
     for _ in range(10):
         node = producer(t)
         if node is None:
@@ -244,7 +244,6 @@ def _backward_to_qk(t: gs.Tensor, interior: list) -> tuple[gs.Node, float, list[
             if factor is None:
                 raise _Decline(f"{node.op} {node.name!r} on the scores is not by a scalar constant")
             scale = scale * factor if node.op == "Mul" else scale / factor
-            scaled = True
             interior.append(node)
             t = other
             continue
@@ -253,18 +252,18 @@ def _backward_to_qk(t: gs.Tensor, interior: list) -> tuple[gs.Node, float, list[
             a_scores, b_scores = _leads_to_matmul(a), _leads_to_matmul(b)
             if a_scores == b_scores:
                 raise _Decline(f"cannot tell the scores from the mask at Add {node.name!r}")
-            if scaled:
-                raise _Decline(f"scale applied after the mask at Add {node.name!r}")
+            if scale <= 0:
+                raise _Decline(f"non-positive scale {scale} applied after the mask at Add {node.name!r}")
             scores, mask = (a, b) if a_scores else (b, a)
-            masks.append(Mask(mask, "additive"))
+            masks.append(Mask(mask, "additive", factor=scale))
             interior.append(node)
             t = scores
             continue
         if node.op == "Where":
             cond, x, y = node.inputs
             fill_y, fill_x = scalar_value(y), scalar_value(x)
-            if scaled:
-                raise _Decline(f"scale applied after the mask at Where {node.name!r}")
+            if scale <= 0:
+                raise _Decline(f"non-positive scale {scale} applied after the mask at Where {node.name!r}")
             if fill_y is not None and fill_y <= MASK_FILL_MAX and _leads_to_matmul(x):
                 masks.append(Mask(cond, "bool"))
                 t = x
