@@ -477,3 +477,14 @@ def test_fp16_block_with_fp32_softmax_and_dropout():
     feeds = {"q": _rand(B, N, S, H).astype(f16), "k": _rand(B, N, S, H).astype(f16),
              "v": _rand(B, N, S, H).astype(f16), "m": mask}
     assert_same(model, fused, feeds, atol=2e-3)  # fp16 outputs: rounding, not the fusion
+
+
+def test_declines_rank_broadcasting_key():
+    #  q [B,N,S,H] @ k^T [H,S] (one key matrix shared by every batch and head): not Attention's layout.
+    b = Builder()
+    q, kt, v = _var("q", [B, N, S, H]), _var("kt", [H, S]), _var("v", [B, N, S, H])
+    y = b.op("MatMul", b.op("Softmax", b.op("MatMul", q, kt), attrs={"axis": -1}), v)
+    model = b.model([q, kt, v], [y])
+    fused, report = _fuse(model)
+    assert ops(fused) == ops(model) and "broadcasts rank 4 by 2" in report.declined[0]["reason"]
+    assert_same(model, fused, {"q": _rand(B, N, S, H), "kt": _rand(H, S), "v": _rand(B, N, S, H)})

@@ -105,6 +105,10 @@ def fuse_attention(graph: gs.Graph, ctx: PassContext) -> gs.Graph:
         except _Decline as exc:
             ctx.report.decline(softmax.name, str(exc))
             continue
+        except Exception as exc:  # a graph this matcher did not foresee: leave it, say so (edits come last)
+            log.warning("fuse_attention: %s: %s: %s", softmax.name, type(exc).__name__, exc)
+            ctx.report.decline(softmax.name, f"internal error ({type(exc).__name__}: {exc}); please report")
+            continue
         ctx.report.match(softmax.name, **detail)
         fused += 1
     for node in native:
@@ -154,6 +158,8 @@ def _match(softmax: gs.Node, graph: gs.Graph) -> _Match:
     qk, scale, masks = _backward_to_qk(scores, interior)
     interior.append(qk)
 
+    if rank(qk.inputs[0]) != r or rank(qk.inputs[1]) != r:
+        raise _Decline(f"the Q·K MatMul broadcasts rank {rank(qk.inputs[0])} by {rank(qk.inputs[1])}")
     q, scale_q = _peel_scale(qk.inputs[0], graph, interior)
     kt, scale_k = _peel_scale(qk.inputs[1], graph, interior)
     k, k_perm = _untranspose(kt, r)
@@ -320,6 +326,8 @@ def _untranspose(kt: gs.Tensor, r: int) -> tuple[gs.Tensor, list[int] | None]:
     node = producer(kt, "Transpose")
     if node is not None:
         perm = node.attrs.get("perm") or list(reversed(range(r)))
+        if len(perm) != r:
+            raise _Decline(f"K^T transpose {node.name!r} has rank {len(perm)}, not {r}")
         composed = [perm[i] for i in swap]
         if composed == list(range(r)):
             return node.inputs[0], None
