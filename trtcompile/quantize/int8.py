@@ -109,8 +109,8 @@ def quantize_int8(model: onnx.ModelProto, calibration: list[dict[str, np.ndarray
             best = tries[n - 1]
             raise UserError(
                 f"INT8 cannot reach accuracy target {target} ({accuracy['metric']}): with all {n} MatMuls "
-                f"in INT8 it is {accuracy['score']:.5f}, and even with only the least sensitive one "
-                f"({order[-1].node!r}) in INT8 it is {best['score']:.5f}",
+                f"in INT8 it is {accuracy['score']:.7f}, and even with only the least sensitive one "
+                f"({order[-1].node!r}) in INT8 it is {best['score']:.7f}",
                 hint="lower --accuracy-target, try another --calibration-method or --smoothquant-alpha, "
                      "or use --precision fp16")
         lo, hi = 0, n - 1
