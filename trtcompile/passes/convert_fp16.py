@@ -307,7 +307,7 @@ def sample_inputs(graph: gs.Graph, batch: int = 1, sequence: int = 16, seed: int
 
 def float_peaks(graph: gs.Graph, feeds: list[dict[str, np.ndarray]]) -> dict[str, float]:
     """Max |value| of every FP32 intermediate over the feeds (sentinels >= 1e30 and inf ignored)."""
-    import onnxruntime as ort
+    from trtcompile.quantize.calibrate import ort_session
 
     model = gs.export_onnx(graph)
     model.ir_version = min(model.ir_version, 10)
@@ -317,10 +317,7 @@ def float_peaks(graph: gs.Graph, feeds: list[dict[str, np.ndarray]]) -> dict[str
     for name in names:
         model.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
     names += [o.name for o in graph.outputs if _is_f32(o)]
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    opts.log_severity_level = 3
-    session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    session = ort_session(model)
     peaks: dict[str, float] = {}
     for feed in feeds:
         for name, value in zip(names, session.run(names, feed)):

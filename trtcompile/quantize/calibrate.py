@@ -13,6 +13,8 @@ import onnx
 
 from trtcompile.quantize.ranges import AbsHistogram
 
+_INLINE_LIMIT = 2**31 - 2**24  # protobuf's 2 GB, less headroom
+
 
 def ort_session(model: onnx.ModelProto, *, optimize: bool = False, threads: int | None = None):
     import onnxruntime as ort
@@ -24,7 +26,19 @@ def ort_session(model: onnx.ModelProto, *, optimize: bool = False, threads: int 
     if threads:
         opts.intra_op_num_threads = threads
     model.ir_version = min(model.ir_version, 10)
-    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    if model.ByteSize() < _INLINE_LIMIT:
+        return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    # Over protobuf's 2 GB: through a temp file with external weights, kept as long as the session.
+    import tempfile
+    from pathlib import Path
+
+    from trtcompile.onnx_io import save_model
+
+    tmp = tempfile.TemporaryDirectory(prefix="trtcompile-ort-")
+    path = save_model(model, Path(tmp.name) / "model.onnx")
+    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    session._trtcompile_tmp = tmp
+    return session
 
 
 def collect(model: onnx.ModelProto, tensors: list[str], feeds: list[dict[str, np.ndarray]], *,
