@@ -7,6 +7,7 @@ Deliberately functions, not a matcher class: each pass reads top to bottom.
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
 
 def producer(tensor: gs.Tensor, *ops: str) -> gs.Node | None:
@@ -18,16 +19,30 @@ def producer(tensor: gs.Tensor, *ops: str) -> gs.Node | None:
 
 
 def const_value(tensor: gs.Tensor) -> np.ndarray | None:
-    """The value of a constant tensor (an initializer or a Constant node's output), else None."""
+    """Value of an initializer or of a `Constant` node's output (through Identity/Cast), else None."""
     if isinstance(tensor, gs.Constant):
         return np.asarray(tensor.values)
-    node = producer(tensor, "Constant")
-    if node is not None and isinstance(node.attrs.get("value"), gs.Constant):
-        return np.asarray(node.attrs["value"].values)
-    if node is not None:
+    node = producer(tensor)
+    if node is None:
+        return None
+    if node.op == "Constant":
+        value = node.attrs.get("value")
+        if isinstance(value, gs.Constant):
+            return np.asarray(value.values)
         for key in ("value_float", "value_int"):
             if key in node.attrs:
                 return np.asarray(node.attrs[key])
+        for key in ("value_floats", "value_ints"):
+            if key in node.attrs:
+                return np.asarray(node.attrs[key])
+        return None
+    if node.op == "Identity":
+        return const_value(node.inputs[0])
+    if node.op == "Cast":
+        inner = const_value(node.inputs[0])
+        if inner is None:
+            return None
+        return inner.astype(onnx.helper.tensor_dtype_to_np_dtype(node.attrs["to"]))
     return None
 
 

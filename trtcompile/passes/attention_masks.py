@@ -31,7 +31,7 @@ def all_true(t: gs.Tensor, depth: int = 6) -> bool:
     value = const_value(t)
     if value is not None:
         return value.size > 0 and bool(np.all(value.astype(bool)))
-    node = producer(t, ("Expand", "Cast", "Reshape", "Unsqueeze", "Identity"))
+    node = producer(t, "Expand", "Cast", "Reshape", "Unsqueeze", "Identity")
     return node is not None and depth > 0 and all_true(node.inputs[0], depth - 1)
 
 
@@ -50,7 +50,7 @@ def ones(t: gs.Tensor) -> bool:
     value = const_value(t)
     if value is not None:
         return value.size > 0 and bool(np.all(value == 1))
-    node = producer(t, ("Expand", "ConstantOfShape", "Cast"))
+    node = producer(t, "Expand", "ConstantOfShape", "Cast")
     if node is None:
         return False
     if node.op == "ConstantOfShape":

@@ -309,7 +309,7 @@ def _peel_scale(t: gs.Tensor, graph: gs.Graph, interior: list) -> tuple[gs.Tenso
     1/sqrt(H) into sqrt on each side)."""
     scale = 1.0
     while True:
-        node = producer(t, ("Mul", "Div"))
+        node = producer(t, "Mul", "Div")
         if node is None or len(t.outputs) != 1 or t in graph.outputs:
             return t, scale
         factor, other = _scalar_operand(node)

@@ -14,65 +14,14 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-def producer(tensor: gs.Tensor, op: str | tuple[str, ...] | None = None) -> gs.Node | None:
-    """The node producing `tensor` (None for graph inputs and constants), optionally of op(s)."""
-    if isinstance(tensor, gs.Constant) or not tensor.inputs:
-        return None
-    node = tensor.inputs[0]
-    if op is not None and node.op not in ((op,) if isinstance(op, str) else op):
-        return None
-    return node
-
-
-def consumers(tensor: gs.Tensor) -> list[gs.Node]:
-    return list(tensor.outputs)
-
+from trtcompile.passes._match import const_value, producer, rank
+from trtcompile.passes._match import scalar as scalar_value
 
 def only_consumer(tensor: gs.Tensor, graph: gs.Graph) -> gs.Node | None:
     """The single node reading `tensor`, or None if several read it or it is a graph output."""
     if len(tensor.outputs) != 1 or tensor in graph.outputs:
         return None
     return tensor.outputs[0]
-
-
-def const_value(tensor: gs.Tensor) -> np.ndarray | None:
-    """Value of an initializer or of a `Constant` node's output (through Identity/Cast), else None."""
-    if isinstance(tensor, gs.Constant):
-        return np.asarray(tensor.values)
-    node = producer(tensor)
-    if node is None:
-        return None
-    if node.op == "Constant":
-        value = node.attrs.get("value")
-        if isinstance(value, gs.Constant):
-            return np.asarray(value.values)
-        for key in ("value_float", "value_int"):
-            if key in node.attrs:
-                return np.asarray(node.attrs[key])
-        for key in ("value_floats", "value_ints"):
-            if key in node.attrs:
-                return np.asarray(node.attrs[key])
-        return None
-    if node.op == "Identity":
-        return const_value(node.inputs[0])
-    if node.op == "Cast":
-        inner = const_value(node.inputs[0])
-        if inner is None:
-            return None
-        return inner.astype(onnx.helper.tensor_dtype_to_np_dtype(node.attrs["to"]))
-    return None
-
-
-def scalar_value(tensor: gs.Tensor) -> float | None:
-    """A constant with exactly one element, as float (a scale, a fill value), else None."""
-    value = const_value(tensor)
-    if value is None or value.size != 1:
-        return None
-    return float(value.reshape(()))
-
-
-def rank(tensor: gs.Tensor) -> int | None:
-    return None if tensor.shape is None else len(tensor.shape)
 
 
 def dims_equal(a, b) -> bool:
