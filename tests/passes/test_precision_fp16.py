@@ -158,3 +158,21 @@ def test_precision_passes_by_setting():
     assert precision_passes(OptimizeSettings(precision="int8")) == []
     assert precision_passes(OptimizeSettings(precision="fp16")) == [convert_fp16]
     assert precision_passes(OptimizeSettings(precision="bf16")) == [convert_bf16]
+
+
+def test_sample_inputs_agree_on_shared_and_summed_dims():
+    """A KV-cache decoder's mask spans past+new tokens; the overflow probe must feed it consistently
+    (it used to give every dynamic axis the same size, and ORT rejected the decoder graph)."""
+    import numpy as np
+    import onnx_graphsurgeon as gs
+
+    from trtcompile.passes.convert_fp16 import sample_inputs
+
+    ids = gs.Variable("input_ids", np.int64, ["batch", "sequence"])
+    mask = gs.Variable("attention_mask", np.int64, ["batch", "past_sequence+sequence"])
+    past = gs.Variable("past.0.key", np.float32, ["batch", 2, "past_sequence", 8])
+    graph = gs.Graph(inputs=[ids, mask, past], outputs=[])
+    feeds = sample_inputs(graph, batch=2, sequence=5)
+    assert feeds["input_ids"].shape == (2, 5)
+    assert feeds["past.0.key"].shape == (2, 2, 5, 8)
+    assert feeds["attention_mask"].shape == (2, 10)

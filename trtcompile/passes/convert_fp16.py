@@ -280,13 +280,25 @@ def with_types(graph: gs.Graph) -> gs.Graph:
 
 def sample_inputs(graph: gs.Graph, batch: int = 1, sequence: int = 16, seed: int = 0) -> dict[str, np.ndarray]:
     """Plausible inputs from the graph alone: token ids below the embedding table's size, masks of ones."""
+    from trtcompile.runtime.shapes import dim_terms, eval_dim
+
     rng = np.random.default_rng(seed)
+    # One value per named dimension, so inputs sharing a dimension agree, and a sum such as
+    # past_sequence+sequence (a KV-cache decoder's mask) is the sum of its terms.
+    values: dict[str, int] = {}
+    for inp in graph.inputs:
+        for axis, dim in enumerate(inp.shape or []):
+            if isinstance(dim, str):
+                for term in dim_terms(dim):
+                    values.setdefault(term, batch if axis == 0 else sequence)
     feeds = {}
     for inp in graph.inputs:
         shape = []
         for axis, dim in enumerate(inp.shape or []):
             if isinstance(dim, int) and dim > 0:
                 shape.append(dim)
+            elif isinstance(dim, str):
+                shape.append(eval_dim(dim, values))
             else:
                 shape.append(batch if axis == 0 else sequence)
         dtype = np.dtype(inp.dtype) if inp.dtype is not None else np.dtype(np.float32)
