@@ -73,7 +73,9 @@ def main() -> int:
     sims = ours @ ours.T
     print(f"similarity('{SENTENCES[0]}', '{SENTENCES[1]}') = {sims[0, 1]:.3f}")
     print(f"similarity('{SENTENCES[0]}', '{SENTENCES[2]}') = {sims[0, 2]:.3f}")
-    ok = cosines.min() >= (0.99999 if args.precision == "fp32" else 0.999) and sims[0, 1] > sims[0, 2]
+    # int8 without --accuracy-target keeps every MatMul in INT8: ~0.998 mean (trtcompile bench precision)
+    floor = {"fp32": 0.99999, "fp16": 0.999, "int8": 0.99}[args.precision]
+    ok = cosines.min() >= floor and sims[0, 1] > sims[0, 2]
     print("OK" if ok else "MISMATCH")
     return 0 if ok else 1
 

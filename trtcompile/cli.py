@@ -41,12 +41,34 @@ optimize_options = _options(
     click.option("--calibration-data", type=click.Path(path_type=Path),
                  help="INT8: .npz of inputs, or a text file (tokenized with the model's tokenizer)."),
     click.option("--calibration-method", type=click.Choice(("minmax", "percentile", "entropy")),
-                 default="entropy", show_default=True),
+                 default="minmax", show_default=True),
     click.option("--calibration-samples", type=int, default=64, show_default=True),
-    click.option("--smoothquant-alpha", type=float, help="INT8: SmoothQuant migration strength (e.g. 0.5)."),
+    click.option("--smoothquant-alpha", default="auto", show_default=True, metavar="ALPHA|auto|off",
+                 callback=lambda ctx, param, value: _smoothquant(value),
+                 help="INT8: SmoothQuant migration strength in [0, 1], 'auto' (searched per layer) or 'off'."),
     click.option("--accuracy-target", type=float,
-                 help="INT8: minimum cosine (encoders) / top-1 agreement (LMs); sensitive layers fall back."),
+                 help="INT8: minimum mean cosine (encoders) / top-1 agreement (LMs) vs FP32; the most "
+                      "sensitive layers fall back until it holds."),
+    click.option("--int8-attention", is_flag=True, help="INT8: also quantize unfused attention MatMuls."),
+    click.option("--exclude-node", "exclude_nodes", multiple=True, metavar="NAME",
+                 help="INT8: keep this MatMul/Gemm out of INT8 (repeatable)."),
+    click.option("--int8-fallback", "float_precision", type=click.Choice(("fp32", "fp16")), default="fp32",
+                 show_default=True, help="INT8: precision of everything not in INT8."),
 )
+
+
+def _smoothquant(value: str):
+    if value in (None, "off", "none"):
+        return None
+    if value == "auto":
+        return "auto"
+    try:
+        alpha = float(value)
+    except ValueError:
+        alpha = -1.0
+    if not 0.0 <= alpha <= 1.0:
+        raise click.BadParameter(f"{value!r} is not a number in [0, 1], 'auto' or 'off'")
+    return alpha
 build_options = _options(
     click.option("--opt-level", type=click.IntRange(0, 5), default=3, show_default=True,
                  help="TensorRT builder optimization level."),
@@ -73,11 +95,13 @@ def optimize_settings(precision, disabled_passes, keep_io_fp32, **_):
 
 
 def calibration_settings(calibration_data, calibration_method, calibration_samples, smoothquant_alpha,
-                         accuracy_target, **_):
+                         accuracy_target, int8_attention, exclude_nodes, float_precision, **_):
     from trtcompile.settings import CalibrationSettings
 
     return CalibrationSettings(data=calibration_data, method=calibration_method, num_samples=calibration_samples,
-                               smoothquant_alpha=smoothquant_alpha, accuracy_target=accuracy_target)
+                               smoothquant_alpha=smoothquant_alpha, accuracy_target=accuracy_target,
+                               int8_attention=int8_attention, exclude_nodes=tuple(exclude_nodes),
+                               float_precision=float_precision)
 
 
 def build_settings(opt_level, workspace_mib, timing_cache, hardware_compat, version_compatible,

@@ -39,11 +39,13 @@ class OptimizeSettings:
 @dataclass(frozen=True)
 class CalibrationSettings:
     data: Path | None = None  # .npz of input arrays, or a text file (with the model's tokenizer)
-    method: str = "entropy"
+    # minmax with SmoothQuant "auto" was the most accurate all-INT8 setting on MiniLM
+    # (`trtcompile bench precision`); entropy was the least.
+    method: str = "minmax"
     percentile: float = 99.99
     num_samples: int = 64
     # SmoothQuant migration strength in [0, 1], "auto" (searched per layer), or None (off).
-    smoothquant_alpha: float | str | None = None
+    smoothquant_alpha: float | str | None = "auto"
     # Mean embedding cosine (encoders) or top-1 agreement (LMs) vs FP32 that INT8 must keep;
     # the most sensitive MatMuls fall back to FP32 until it holds.
     accuracy_target: float | None = None
@@ -72,12 +74,15 @@ class BuildSettings:
 
 @dataclass(frozen=True)
 class VerifySettings:
-    # Max abs error allowed per output, by precision; cosine similarity floor for float outputs.
+    # Max abs error allowed per output (scaled by max(1, |reference|)), by precision; cosine floor
+    # for float outputs. Verification feeds random inputs from every bucket: for INT8 these are far
+    # from the calibration distribution, so its bounds only catch a broken graph; INT8 accuracy on
+    # real data is the quantizer's held-out gate (--accuracy-target), recorded in the manifest.
     atol: dict[str, float] = field(
-        default_factory=lambda: {"fp32": 1e-4, "fp16": 5e-2, "bf16": 2e-1, "int8": 5e-1}
+        default_factory=lambda: {"fp32": 1e-4, "fp16": 5e-2, "bf16": 2e-1, "int8": 1.0}
     )
     min_cosine: dict[str, float] = field(
-        default_factory=lambda: {"fp32": 0.99999, "fp16": 0.999, "bf16": 0.99, "int8": 0.99}
+        default_factory=lambda: {"fp32": 0.99999, "fp16": 0.999, "bf16": 0.99, "int8": 0.95}
     )
     seed: int = 0
     enabled: bool = True

@@ -160,9 +160,38 @@ def _from_text(path: Path, inputs: list[TensorSpec], buckets: list[Bucket], toke
         feeds.append(_token_feed(enc, inputs, buckets))
     if truncated:
         log.warning("calibration text %s: %d lines longer than %d tokens were truncated", path, truncated, max_len)
+    if feeds and isinstance(seq_dim, str) and isinstance(batch_dim, str):
+        # Lines are short, but a bucket may hold long sequences whose activation ranges (attention
+        # sums over many keys) a per-tensor scale must also cover: pack consecutive lines into rows
+        # of each bucket's opt length. First, so the held-out split stays natural sentences.
+        feeds = _packed_feeds(tokenizer, texts, inputs, buckets, seq_dim, batch) + feeds
     if not feeds:
         raise UserError(f"calibration text {str(path)!r} has {len(texts)} lines, fewer than the model's fixed "
                         f"batch of {batch}", hint=f"give at least {batch} lines")
+    return feeds
+
+
+def _packed_feeds(tokenizer, texts: list[str], inputs: list[TensorSpec], buckets: list[Bucket], seq_dim: str,
+                  batch: int) -> list[dict[str, np.ndarray]]:
+    """One batch per bucket whose opt length is beyond the natural lines: text packed to that length."""
+    natural = max(len(ids) for ids in tokenizer(texts, truncation=False)["input_ids"])
+    stream = [tok for ids in tokenizer(texts, add_special_tokens=False)["input_ids"] for tok in ids]
+    if not stream:
+        return []
+    feeds = []
+    for bucket in buckets:
+        length = bucket.dims.get(seq_dim, (0, 0, 0))[1]
+        if length <= natural:
+            continue
+        # Room for the special tokens the tokenizer adds around a row ([CLS] ... [SEP]).
+        body = max(1, length - len(tokenizer("", add_special_tokens=True)["input_ids"]))
+        rows = []
+        for r in range(min(batch, max(1, len(stream) // body))):
+            start = (r * body) % len(stream)
+            chunk = (stream[start:] + stream)[:body]
+            rows.append(tokenizer.decode(chunk))
+        enc = tokenizer(rows, padding="max_length", truncation=True, max_length=length, return_tensors="np")
+        feeds.append(_token_feed(enc, inputs, buckets))
     return feeds
 
 
