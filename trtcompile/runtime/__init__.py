@@ -42,7 +42,7 @@ class Model:
         """Run one call; raises InputError naming the input, value and allowed range on bad input."""
         return self.backend.run(feeds, self.bucket_for(feeds))
 
-    # --- generation (issue 5): causal-LM packages; see runtime/generate.py -------------------
+    # Generation, for causal-LM packages (runtime/generate.py).
     _kv_cache = None  # generate.py's preallocated KV cache, reused across requests that fit
 
     def generate(self, input_ids, attention_mask=None, max_new_tokens: int = 32, **options) -> np.ndarray:
@@ -56,7 +56,6 @@ class Model:
         from trtcompile.runtime.generate import stream
 
         return stream(self, input_ids, attention_mask, max_new_tokens, **options)
-    # --- end generation -----------------------------------------------------------------------
 
     def close(self) -> None:
         if self._kv_cache is not None:
