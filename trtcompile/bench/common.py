@@ -35,26 +35,31 @@ def time_fn(fn: Callable[[], object], *, warmup: int = 5, iters: int = 50, max_s
     return _timing(samples)
 
 
-def time_interleaved(fns: dict[str, Callable[[], object]], *, warmup: int = 5, iters: int = 50,
+def time_interleaved(fns: dict[str, Callable[[], object]], *, warmup: int = 5, iters: int = 50, block: int = 10,
                      max_seconds: float = 60.0, on_round=None) -> dict[str, Timing]:
-    """Time several candidates round-robin, one call each per round.
+    """Time several candidates in alternating blocks of `block` consecutive calls.
 
-    On a noisy machine, load changes over seconds; interleaving spreads it evenly across the
-    candidates, so their ratios stay meaningful even when absolute times drift.
+    On a noisy machine load drifts over seconds; alternating blocks spreads it evenly across the
+    candidates, so their ratios stay meaningful. Blocks, not single calls: PyTorch's OpenMP and
+    ONNX Runtime's thread pools spin for a while after a call, and would slow whichever candidate
+    runs next; the first call of every block, the one that pays for that, is dropped.
     """
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     samples: dict[str, list[float]] = {name: [] for name in fns}
+    rounds = max(1, -(-iters // max(1, block - 1)))
     deadline = time.perf_counter() + max_seconds
-    for i in range(iters):
+    for r in range(rounds):
         for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            samples[name].append((time.perf_counter() - start) * 1e3)
+            for i in range(block):
+                start = time.perf_counter()
+                fn()
+                if i:
+                    samples[name].append((time.perf_counter() - start) * 1e3)
         if on_round is not None:
-            on_round(i + 1, iters)
-        if time.perf_counter() > deadline and i >= 4:
+            on_round(r + 1, rounds)
+        if time.perf_counter() > deadline and r >= 2:
             break
     return {name: _timing(s) for name, s in samples.items()}
 
