@@ -6,7 +6,6 @@ on a machine with none of them installed.
 
 from __future__ import annotations
 
-import functools
 import signal
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ from pathlib import Path
 import click
 
 from trtcompile import __version__
+from trtcompile.cli_errors import user_errors
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 
@@ -111,21 +111,6 @@ def build_settings(opt_level, workspace_mib, timing_cache, hardware_compat, vers
     return BuildSettings(optimization_level=opt_level, workspace_mib=workspace_mib, timing_cache=timing_cache,
                          hardware_compatibility=hardware_compat, version_compatible=version_compatible,
                          exclude_lean_runtime=exclude_lean_runtime, require_engine=require_engine)
-
-
-def user_errors(fn):
-    """User errors print as one message and exit 1; no traceback."""
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from trtcompile.errors import UserError
-        from trtcompile.runtime import InputError, PackageError
-
-        try:
-            return fn(*args, **kwargs)
-        except (UserError, PackageError, InputError) as exc:
-            click.secho(f"error: {exc}", fg="red", err=True)
-            sys.exit(1)
-    return wrapper
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

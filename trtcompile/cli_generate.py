@@ -7,27 +7,12 @@ Registered by cli.py (`cli.add_command(generate)`).
 
 from __future__ import annotations
 
-import functools
-import sys
 import time
 from pathlib import Path
 
 import click
 
-
-def _user_errors(fn):
-    """User errors print as one message and exit 1 (cli.user_errors, without importing cli.py)."""
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from trtcompile.errors import UserError
-        from trtcompile.runtime import InputError, PackageError
-
-        try:
-            return fn(*args, **kwargs)
-        except (UserError, PackageError, InputError) as exc:
-            click.secho(f"error: {exc}", fg="red", err=True)
-            sys.exit(1)
-    return wrapper
+from trtcompile.cli_errors import user_errors
 
 
 class TokenizerText:
@@ -145,7 +130,7 @@ def run_generate(package: Path, prompt: str | None, ids: str | None, max_new_tok
 @click.option("--seed", type=int, help="Sampling seed, for reproducible output.")
 @click.option("--stop-ids", help="Stop token ids, comma-separated (default: the model's eos; '' for none).")
 @click.option("--backend", type=click.Choice(("auto", "tensorrt", "onnxruntime")), default="auto", show_default=True)
-@_user_errors
+@user_errors
 def generate(package, prompt, ids, max_new_tokens, temperature, top_k, top_p, seed, stop_ids, backend):
     """Generate text from a causal-LM package, printing tokens as they come, then TTFT and tokens/s."""
     run_generate(package, prompt, ids, max_new_tokens, temperature, top_k, top_p, seed, stop_ids, backend)

@@ -62,6 +62,11 @@ def save_model(model: onnx.ModelProto, path: str | Path) -> Path:
     return path
 
 
+# ONNX element types the inputs/outputs of a package may have, as numpy dtype names.
+ONNX_DTYPE_NAMES = {1: "float32", 2: "uint8", 3: "int8", 6: "int32", 7: "int64", 9: "bool", 10: "float16",
+                    11: "float64", 16: "bfloat16"}
+
+
 def op_histogram(model_or_graph) -> dict[str, int]:
     nodes = model_or_graph.graph.node if isinstance(model_or_graph, onnx.ModelProto) else model_or_graph.nodes
     counts: dict[str, int] = {}

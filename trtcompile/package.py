@@ -18,14 +18,13 @@ import onnx
 
 import trtcompile
 from trtcompile.errors import UserError
+from trtcompile.onnx_io import ONNX_DTYPE_NAMES
 from trtcompile.runtime.manifest import MANIFEST, SCHEMA_VERSION, sha256_of
 
 MODEL_FILE = "model.onnx"
 PROFILE_FILE = "profile.yaml"
 TOKENIZER_DIR = "tokenizer"
 
-_ONNX_DTYPES = {1: "float32", 2: "uint8", 3: "int8", 6: "int32", 7: "int64", 9: "bool", 10: "float16",
-                11: "float64", 16: "bfloat16"}
 
 
 def check_destination(out: Path) -> None:
@@ -98,7 +97,7 @@ def tensor_specs(model: onnx.ModelProto, value_ranges: dict) -> tuple[list[dict]
         tt = v.type.tensor_type
         shape = [d.dim_param if d.dim_param else (d.dim_value if d.HasField("dim_value") else "?")
                  for d in tt.shape.dim]
-        entry = {"name": v.name, "dtype": _ONNX_DTYPES.get(tt.elem_type, str(tt.elem_type)), "shape": shape}
+        entry = {"name": v.name, "dtype": ONNX_DTYPE_NAMES.get(tt.elem_type, str(tt.elem_type)), "shape": shape}
         if v.name in value_ranges:
             entry["value_range"] = list(value_ranges[v.name])
         return entry

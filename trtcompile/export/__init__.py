@@ -7,7 +7,6 @@ The file also carries, in its metadata, the source and profile it came from, so 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import onnx

@@ -9,12 +9,10 @@ import numpy as np
 from trtcompile.errors import UserError
 from trtcompile.export.source import Source, hash_files
 
-_ONNX_TO_NUMPY = {1: "float32", 2: "uint8", 3: "int8", 6: "int32", 7: "int64", 9: "bool", 10: "float16",
-                  11: "float64", 16: "bfloat16"}
 
 
 def load_onnx_source(path: Path) -> Source:
-    from trtcompile.onnx_io import load_model
+    from trtcompile.onnx_io import ONNX_DTYPE_NAMES, load_model
 
     model = load_model(path, load_weights=False)
     init = {i.name for i in model.graph.initializer}
@@ -23,13 +21,13 @@ def load_onnx_source(path: Path) -> Source:
     shapes = {}
     for inp in inputs:
         tt = inp.type.tensor_type
-        if tt.elem_type not in _ONNX_TO_NUMPY:
+        if tt.elem_type not in ONNX_DTYPE_NAMES:
             raise UserError(f"{str(path)!r}: input {inp.name!r} has an unsupported element type {tt.elem_type}")
         shape = [d.dim_param if d.dim_param else (d.dim_value if d.HasField("dim_value") else "?")
                  for d in tt.shape.dim]
         shapes[inp.name] = shape
         # A tiny example of the right rank and dtype; the profile supplies real sizes.
-        examples[inp.name] = np.zeros([s if isinstance(s, int) else 1 for s in shape], _ONNX_TO_NUMPY[tt.elem_type])
+        examples[inp.name] = np.zeros([s if isinstance(s, int) else 1 for s in shape], ONNX_DTYPE_NAMES[tt.elem_type])
     return Source(
         kind="onnx", spec=str(path), name=path.stem, task="custom",
         input_names=[i.name for i in inputs], output_names=[o.name for o in model.graph.output],

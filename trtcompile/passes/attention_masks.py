@@ -13,7 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from trtcompile.passes.patterns import NameScope, const_value, dims_equal, producer, scalar_value
+from trtcompile.passes._match import const_value, producer
+from trtcompile.passes._match import scalar as scalar_value
+from trtcompile.passes.patterns import NameScope, dims_equal
 
 # A Where fill value at or below this is a mask (HF uses finfo.min, others -1e4, -1e9 or -inf).
 MASK_FILL_MAX = -1e4

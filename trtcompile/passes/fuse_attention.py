@@ -59,8 +59,9 @@ from trtcompile.passes._opset import default_opset, ensure_opset
 from trtcompile.passes.attention_masks import (MASK_FILL_MAX, Mask, expand_mask, is_causal, is_noop,
                                                mask_input)
 from trtcompile.passes.context import PassContext
-from trtcompile.passes.patterns import (NameScope, ShapeProbe, const_value, infer_missing_shapes, producer,
-                                        rank, repeat_kv_source, scalar_value, shape_value, sym_dims)
+from trtcompile.passes._match import const_value, producer, rank
+from trtcompile.passes._match import scalar as scalar_value
+from trtcompile.passes.patterns import NameScope, ShapeProbe, infer_missing_shapes, repeat_kv_source, shape_value, sym_dims
 
 log = logging.getLogger("trtcompile.passes")
 
@@ -404,7 +405,7 @@ def _rewrite(graph: gs.Graph, m: _Match, names: NameScope, probe: ShapeProbe) ->
     if k_rep != v_rep:
         k_src, v_src, k_rep = m.k, m.v, 1
     k_dims = k_shape if m.k_perm is not None else k_src.shape
-    q_dims, v_dims = m.q.shape, v_src.shape
+    q_dims = m.q.shape
 
     # Shape checks: what MatMul broadcasting allows but Attention does not.
     if k_dims is not None:

@@ -14,8 +14,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from trtcompile.passes._match import const_value, producer, rank
-from trtcompile.passes._match import scalar as scalar_value
+from trtcompile.passes._match import const_value, producer
 
 def only_consumer(tensor: gs.Tensor, graph: gs.Graph) -> gs.Node | None:
     """The single node reading `tensor`, or None if several read it or it is a graph output."""
