@@ -88,6 +88,8 @@ def rename_dims(model: onnx.ModelProto, shapes: dict[str, list]) -> None:
         for dim in value.type.tensor_type.shape.dim:
             if dim.dim_param in mapping:
                 dim.dim_param = mapping[dim.dim_param]
+            elif "+" in dim.dim_param:  # the exporter writes sums as "sequence + past_sequence"
+                dim.dim_param = dim.dim_param.replace(" ", "")
 
 
 def _Positional(inner, names: list[str]):
