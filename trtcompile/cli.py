@@ -184,7 +184,7 @@ def optimize(onnx_file, output, **options):
                             Progress())
     for report in result.reports:
         if report.matched or report.declined:
-            click.echo(f"  {report.name}: fused {len(report.matched)}, declined {len(report.declined)}")
+            click.echo(f"  {report.name}: matched {len(report.matched)}, declined {len(report.declined)}")
     save_model(result.model, output)
     click.echo(f"wrote {output}")
 
