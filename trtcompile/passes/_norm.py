@@ -155,3 +155,21 @@ def resolve_input(x0: gs.Tensor, affine: Affine) -> tuple[gs.Tensor, list[gs.Nod
     if tensor_dtype(x0) == target or (up is not None and np_dtype(int(up.attrs["to"])) == target):
         return x0, [], target
     return f"normalization is computed in {tensor_dtype(x0)} and cast to {target}: dtype of the input unknown"
+
+
+def claim(graph: gs.Graph, x0: gs.Tensor, affine: Affine, body: list[gs.Node],
+          what: str) -> tuple[gs.Tensor, list[gs.Node], object] | str:
+    """The norm's real input (past fp16<->fp32 Casts), every node the fused op replaces, and the
+    input dtype; or why the subgraph cannot be taken (an intermediate is read elsewhere)."""
+    from trtcompile.passes._match import escapes
+
+    picked = resolve_input(x0, affine)
+    if isinstance(picked, str):
+        return picked
+    x, casts, dtype = picked
+    # A Cast belongs to the norm only when nothing outside the norm reads it.
+    nodes = [c for c in casts if all(any(n is b for b in body) for n in c.outputs[0].outputs)] + body
+    leak = escapes(graph, nodes, affine.output)
+    if leak is not None:
+        return f"intermediate {leak.name!r} is used outside the {what}"
+    return x, nodes, dtype

@@ -21,8 +21,8 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from trtcompile.passes._match import axis_is_last, escapes, rank, reduce_axes, single_consumer
-from trtcompile.passes._norm import match_affine, match_normalize, resolve_input, squared_input
+from trtcompile.passes._match import axis_is_last, rank, reduce_axes, single_consumer
+from trtcompile.passes._norm import claim, match_affine, match_normalize, squared_input
 from trtcompile.passes._opset import raise_for_matches
 from trtcompile.passes.context import PassContext
 
@@ -60,15 +60,10 @@ def _match(graph: gs.Graph, mean: gs.Node):
     if isinstance(norm, str):
         return norm
     affine = match_affine(norm.normalized, with_bias=True)
-    picked = resolve_input(x0, affine)
-    if isinstance(picked, str):
-        return picked
-    x, casts, dtype = picked
-    body = [mean, sub] + norm.nodes + affine.nodes
-    nodes = [c for c in casts if all(any(n is b for b in body) for n in c.outputs[0].outputs)] + body
-    leak = escapes(graph, nodes, affine.output)
-    if leak is not None:
-        return f"intermediate {leak.name!r} is used outside the layer norm"
+    claimed = claim(graph, x0, affine, [mean, sub] + norm.nodes + affine.nodes, "layer norm")
+    if isinstance(claimed, str):
+        return claimed
+    x, nodes, dtype = claimed
     hidden = _hidden_size(x0, affine)
     if hidden is None:
         return "hidden size unknown (no shape, no scale/bias constant)"

@@ -23,8 +23,8 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from trtcompile.passes._match import escapes, producer
-from trtcompile.passes._norm import match_affine, match_normalize, resolve_input, squared_input
+from trtcompile.passes._match import producer
+from trtcompile.passes._norm import claim, match_affine, match_normalize, squared_input
 from trtcompile.passes._opset import raise_for_matches
 from trtcompile.passes.context import PassContext
 
@@ -45,15 +45,10 @@ def _match(graph: gs.Graph, reduce: gs.Node):
     if isinstance(norm, str):
         return norm
     affine = match_affine(norm.normalized, with_bias=False)
-    picked = resolve_input(x0, affine)
-    if isinstance(picked, str):
-        return picked
-    x, casts, dtype = picked
-    body = norm.nodes + affine.nodes
-    nodes = [c for c in casts if all(any(n is b for b in body) for n in c.outputs[0].outputs)] + body
-    leak = escapes(graph, nodes, affine.output)
-    if leak is not None:
-        return f"intermediate {leak.name!r} is used outside the RMS norm"
+    claimed = claim(graph, x0, affine, norm.nodes + affine.nodes, "RMS norm")
+    if isinstance(claimed, str):
+        return claimed
+    x, nodes, dtype = claimed
     shape = getattr(x0, "shape", None)
     hidden = shape[-1] if shape and isinstance(shape[-1], int) and shape[-1] > 0 else None
     scale = affine.scale
