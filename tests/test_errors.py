@@ -102,9 +102,16 @@ def test_package_that_does_not_match_its_manifest(bert_package, tmp_path):
 
     copy = tmp_path / "pkg"
     shutil.copytree(bert_package, copy)
+    data = bytearray((copy / "model.onnx").read_bytes())
+    data[-1] ^= 1  # same size, different bytes: the backend's sha256 check catches it
+    (copy / "model.onnx").write_bytes(bytes(data))
+    with pytest.raises(runtime.PackageError, match=r"'model.onnx' in package .* does not match its manifest "
+                                                   r"\(sha256 differs\)"):
+        runtime.load(copy, backend="onnxruntime")
     with open(copy / "model.onnx", "ab") as f:
         f.write(b"\0")
-    with pytest.raises(runtime.PackageError, match=r"'model.onnx' in package .* does not match its manifest"):
+    with pytest.raises(runtime.PackageError, match=r"'model.onnx' in package .* does not match its manifest "
+                                                   r"\(\d+ bytes, manifest says \d+\)"):
         runtime.load(copy)
     (copy / "model.onnx").unlink()
     with pytest.raises(runtime.PackageError, match=r"missing 'model.onnx'"):

@@ -43,6 +43,7 @@ class PackageWriter:
         check_destination(self.out)
         self.tmp: Path | None = None
         self.committed = False
+        self._recorded: dict[str, dict] = {}
 
     def __enter__(self) -> "PackageWriter":
         self.out.parent.mkdir(parents=True, exist_ok=True)
@@ -64,7 +65,10 @@ class PackageWriter:
         for path in sorted(self.tmp.rglob("*")):
             rel = path.relative_to(self.tmp).as_posix()
             if path.is_file() and rel != MANIFEST:
-                files[rel] = {"bytes": path.stat().st_size, "sha256": sha256_of(path)}
+                size = path.stat().st_size
+                known = self._recorded.get(rel)  # written again after verification: hash once
+                files[rel] = known if known and known["bytes"] == size else {"bytes": size, "sha256": sha256_of(path)}
+        self._recorded = files
         manifest["files"] = files
         with open(self.tmp / MANIFEST, "w") as f:
             json.dump(manifest, f, indent=2, default=str)

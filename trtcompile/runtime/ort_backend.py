@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from trtcompile.runtime.manifest import Manifest, PackageError
+from trtcompile.runtime.manifest import Manifest, PackageError, check_sha256
 from trtcompile.runtime.shapes import Bucket
 
 
@@ -24,7 +24,10 @@ class OnnxRuntimeBackend:
         if threads:
             opts.intra_op_num_threads = threads
         opts.log_severity_level = 3
-        self.session = ort.InferenceSession(str(manifest.path(manifest.data.get("model_file", "model.onnx"))),
+        model_file = manifest.data.get("model_file", "model.onnx")
+        for name in (model_file, model_file + ".data"):
+            check_sha256(manifest, name)
+        self.session = ort.InferenceSession(str(manifest.path(model_file)),
                                             opts, providers=providers or ["CPUExecutionProvider"])
         self.output_names = [o.name for o in self.session.get_outputs()]
 
