@@ -1,0 +1,37 @@
+"""CLI options map onto the settings, and bad option values fail with a message naming them."""
+
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from trtcompile.cli import calibration_settings, cli
+
+DATA = Path(__file__).parent / "data"
+
+
+def test_bad_smoothquant_alpha_is_refused_before_any_work(tmp_path):
+    result = CliRunner().invoke(cli, ["compile", str(tmp_path / "missing"), "-o", str(tmp_path / "o"),
+                                      "--smoothquant-alpha", "2"])
+    assert result.exit_code == 2
+    assert "--smoothquant-alpha" in result.output and "'2' is not a number in [0, 1], 'auto' or 'off'" in result.output
+
+
+def test_int8_options_map_onto_calibration_settings():
+    ctx = cli.commands["compile"].make_context(
+        "compile", ["m", "-o", "o", "--precision", "int8", "--calibration-data", "c.txt", "--smoothquant-alpha", "off",
+                    "--exclude-node", "a", "--exclude-node", "b", "--int8-fallback", "fp16", "--int8-attention",
+                    "--calibration-method", "percentile", "--accuracy-target", "0.999"])
+    settings = calibration_settings(**ctx.params)
+    assert settings.smoothquant_alpha is None and settings.exclude_nodes == ("a", "b")
+    assert settings.float_precision == "fp16" and settings.int8_attention and settings.method == "percentile"
+    assert settings.accuracy_target == 0.999 and settings.data == Path("c.txt")
+    defaults = calibration_settings(**cli.commands["compile"].make_context("compile", ["m", "-o", "o"]).params)
+    assert defaults.smoothquant_alpha == "auto" and defaults.method == "minmax"
+
+
+def test_int8_without_calibration_data(checkpoint, tmp_path):
+    result = CliRunner().invoke(cli, ["compile", str(checkpoint("bert")), "-o", str(tmp_path / "o"), "-q",
+                                      "--profile", str(DATA / "tiny-encoder.yaml"), "--precision", "int8"])
+    assert result.exit_code == 1
+    assert "--precision int8 needs calibration data" in result.output and "--calibration-data" in result.output
+    assert not (tmp_path / "o").exists()
