@@ -76,8 +76,14 @@ build_options = _options(
     click.option("--timing-cache", type=click.Path(path_type=Path), help="Timing cache to reuse and update."),
     click.option("--hardware-compat", type=click.Choice(("none", "ampere_plus", "same_compute_capability")),
                  default="none", show_default=True),
-    click.option("--version-compatible", is_flag=True, help="Engines that run on later TensorRT (lean runtime)."),
-    click.option("--exclude-lean-runtime", is_flag=True, help="With --version-compatible: do not embed the lean runtime."),
+    click.option("--runtime", "trt_runtime", type=click.Choice(("full", "lean")), default="full", show_default=True,
+                 help="TensorRT runtime the engines are for: lean (pip install 'trtcompile[lean]') runs only "
+                      "version-compatible engines, so lean builds them."),
+    click.option("--engines", "engine_layout", type=click.Choice(("shared", "per-bucket")), default="shared",
+                 show_default=True, help="One engine with a profile per bucket (weights once), or one engine per bucket."),
+    click.option("--version-compatible/--no-version-compatible", default=None,
+                 help="Engines that run on later TensorRT too [default: with --runtime lean]."),
+    click.option("--exclude-lean-runtime", is_flag=True, help="Version-compatible engines without the embedded lean runtime."),
     click.option("--require-engine", is_flag=True, help="Fail when no TensorRT engine can be built here."),
 )
 
@@ -105,12 +111,13 @@ def calibration_settings(calibration_data, calibration_method, calibration_sampl
 
 
 def build_settings(opt_level, workspace_mib, timing_cache, hardware_compat, version_compatible,
-                   exclude_lean_runtime, require_engine, **_):
+                   exclude_lean_runtime, require_engine, trt_runtime="full", engine_layout="shared", **_):
     from trtcompile.settings import BuildSettings
 
     return BuildSettings(optimization_level=opt_level, workspace_mib=workspace_mib, timing_cache=timing_cache,
-                         hardware_compatibility=hardware_compat, version_compatible=version_compatible,
-                         exclude_lean_runtime=exclude_lean_runtime, require_engine=require_engine)
+                         hardware_compatibility=hardware_compat, runtime=trt_runtime, engines=engine_layout,
+                         version_compatible=version_compatible, exclude_lean_runtime=exclude_lean_runtime,
+                         require_engine=require_engine)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -45,7 +45,10 @@ def package_stage(model: onnx.ModelProto, out: Path, *, reports: list, warnings:
                   build: BuildSettings, progress: Progress, verify_with=None) -> Manifest:
     """Write the package (engines where TensorRT and a GPU exist), verify it, then commit it."""
     from trtcompile.build import build_engines, engine_unavailable_reason
+    from trtcompile.build.engine import validate_settings
     from trtcompile.export import read_metadata
+
+    validate_settings(build)  # also where no engine can be built: a bad option is an error everywhere
     from trtcompile.package import MODEL_FILE, TOKENIZER_DIR, PackageWriter, new_manifest, write_model_files
 
     meta = read_metadata(model)
@@ -102,10 +105,12 @@ def compile_package(spec: str, out: Path, *, profile_path: Path | None = None,
                     export: ExportSettings = ExportSettings(), optimize: OptimizeSettings = OptimizeSettings(),
                     calibration: CalibrationSettings = CalibrationSettings(), build: BuildSettings = BuildSettings(),
                     verify: VerifySettings = VerifySettings(), progress: Progress | None = None) -> Manifest:
+    from trtcompile.build.engine import validate_settings
     from trtcompile.package import check_destination
 
     progress = progress or Progress(quiet=True)
     check_destination(Path(out))  # before minutes of export, not after
+    validate_settings(build)
     source, raw = export_stage(spec, profile_path, export, progress)
     result = optimize_stage(raw, optimize, calibration, progress)
 

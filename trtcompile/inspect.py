@@ -32,9 +32,13 @@ def describe(target: Path, *, as_json: bool = False, show_passes: bool = False) 
     if not data.get("engines"):
         lines.append(f"  none: {data['build'].get('engines_skipped', 'not built')}")
     for e in data.get("engines", []):
-        lines.append(f"  {e['bucket']:<12} {e['file']}  TensorRT {e.get('tensorrt_version')}  "
-                     f"sm {e.get('compute_capability')}  {e.get('bytes', 0) / 2**20:.1f} MiB  "
-                     f"{e.get('build_seconds', 0):.1f} s")
+        flags = e.get("build_flags", {})
+        served = ", ".join(f"{p['bucket']} (profile {p['index']})" for p in _profiles(e))
+        runtime = "version-compatible (lean or full runtime)" if flags.get("version_compatible") else "full runtime only"
+        lines.append(f"  {e['file']}  TensorRT {e.get('tensorrt_version')}  sm {e.get('compute_capability')}  "
+                     f"{e.get('bytes', 0) / 2**20:.1f} MiB  {e.get('build_seconds', 0):.1f} s  {runtime}")
+        lines.append(f"      buckets: {served}")
+    lines += _memory_lines(manifest)
     lines += ["", "passes"]
     for p in data.get("passes", []):
         lines.append(f"  {p['name']:<22} matched {p['matched']:>3}  declined {p['declined']:>3}  "
@@ -55,6 +59,40 @@ def describe(target: Path, *, as_json: bool = False, show_passes: bool = False) 
     if timings:
         lines += ["", "timings   " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items())]
     return "\n".join(lines)
+
+
+def _profiles(entry: dict) -> list[dict]:
+    from trtcompile.runtime.engine_layout import profiles_of
+
+    try:
+        return profiles_of(entry)
+    except Exception:  # noqa: BLE001 - inspect shows what it can of a damaged manifest
+        return []
+
+
+def _mib(n: int | None) -> str:
+    if n is None:
+        return "?"
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.1f} KiB"
+
+
+def _memory_lines(manifest) -> list[str]:
+    """Device and pinned memory per bucket as the TensorRT backend allocates it (runtime/buffers.py)."""
+    from trtcompile.runtime.buffers import memory_report
+
+    try:
+        rows, weights = memory_report(manifest)
+    except Exception as exc:  # noqa: BLE001
+        return ["", f"memory    not computable: {exc}"]
+    lines = ["", "memory    per bucket on the TensorRT backend (I/O at the bucket's max; K/V stays on the device)"]
+    for r in rows:
+        resident = f"  K/V {_mib(r.resident_bytes)} only if run() is fed the cache" if r.resident_bytes else ""
+        context = f"  activations {_mib(r.context_bytes)}" if r.engine_file else ""
+        lines.append(f"  {r.bucket:<12} device I/O {_mib(r.device_io_bytes)}  pinned {_mib(r.pinned_bytes)}"
+                     f"{context}{resident}")
+    for file, size in weights.items():
+        lines.append(f"  weights   {file} {_mib(size)}, once however many buckets it serves")
+    return lines
 
 
 def _kv(d: dict) -> str:

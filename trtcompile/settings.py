@@ -11,6 +11,12 @@ from pathlib import Path
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 HARDWARE_COMPATIBILITY = ("none", "ampere_plus", "same_compute_capability")
+# The TensorRT runtime a package's engines are built for: "full" (tensorrt) runs any engine of its
+# own version; "lean" (tensorrt_lean, pip-installable, ~45 MB) runs only version-compatible ones.
+TENSORRT_RUNTIMES = ("full", "lean")
+# "shared": one engine, one optimization profile per bucket (weights once in GPU memory);
+# "per-bucket": one independent engine per bucket (each carries its own copy of the weights).
+ENGINE_LAYOUTS = ("shared", "per-bucket")
 
 
 @dataclass(frozen=True)
@@ -65,11 +71,20 @@ class BuildSettings:
     workspace_mib: int | None = None
     timing_cache: Path | None = None
     hardware_compatibility: str = "none"
-    version_compatible: bool = False
+    # The runtime the engines are for; "lean" makes them version-compatible (the lean runtime runs
+    # nothing else), "full" builds plain engines, which may run faster.
+    runtime: str = "full"
+    # None follows `runtime`; True/False overrides it (False with runtime "lean" is an error).
+    version_compatible: bool | None = None
     exclude_lean_runtime: bool = False
+    engines: str = "shared"
     max_aux_streams: int | None = None
     # Fail when no engine can be built (no TensorRT or no GPU), instead of packaging without one.
     require_engine: bool = False
+
+    @property
+    def builds_version_compatible(self) -> bool:
+        return self.runtime == "lean" if self.version_compatible is None else bool(self.version_compatible)
 
 
 @dataclass(frozen=True)

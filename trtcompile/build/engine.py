@@ -1,8 +1,13 @@
-"""ONNX -> TensorRT engines: one `.plan` per bucket, each with exactly one optimization profile.
+"""ONNX -> TensorRT engines: by default one `.plan` with one optimization profile per bucket.
 
-Why one engine per bucket rather than one engine with a profile per bucket: each engine is then
-tuned only for its own shape range, a bucket can be rebuilt or dropped alone, and the runtime
-needs no profile switching (one context per engine, no set_optimization_profile_async).
+`--engines shared` (the default) builds one engine whose optimization profiles are the buckets,
+in bucket order; the runtime makes one execution context per profile, so the weights sit in GPU
+memory once (an 8B model with prefill and decode buckets: 16 GB of FP16 weights, not 32), as
+NVIDIA's own prefill/decode setups do. `--engines per-bucket` builds one independent engine per
+bucket (each tuned and rebuilt alone, each with its own copy of the weights).
+
+`--runtime lean` builds version-compatible engines, the only kind the lean runtime
+(`tensorrt_lean`) deserializes; `--runtime full` (the default) builds plain ones.
 
 Written from NVIDIA's TensorRT 11 Python API (NVIDIA/TensorRT python/src/infer/pyCore.cpp,
 python/src/parsers/pyOnnx.cpp, samples/python/simple_progress_monitor), because the builder
@@ -22,9 +27,10 @@ from pathlib import Path
 
 from trtcompile.errors import UserError
 from trtcompile.runtime.shapes import Bucket, TensorSpec
-from trtcompile.settings import HARDWARE_COMPATIBILITY, BuildSettings
+from trtcompile.settings import ENGINE_LAYOUTS, HARDWARE_COMPATIBILITY, TENSORRT_RUNTIMES, BuildSettings
 
 ENGINE_DIR = "engines"
+SHARED_ENGINE = f"{ENGINE_DIR}/model.plan"
 TIMING_CACHE = "timing.cache"
 NO_BUILDER_HINT = ("build the engines on a machine with a CUDA GPU and the full TensorRT (NVIDIA's wheels or "
                    "tar package): `trtcompile build` on the package's model.onnx there; without engines the "
@@ -70,9 +76,16 @@ def validate_settings(settings: BuildSettings) -> None:
     if settings.hardware_compatibility not in HARDWARE_COMPATIBILITY:
         raise UserError(f"hardware compatibility {settings.hardware_compatibility!r} is unknown",
                         hint=f"use one of {', '.join(HARDWARE_COMPATIBILITY)}")
-    if settings.exclude_lean_runtime and not settings.version_compatible:
+    if settings.runtime not in TENSORRT_RUNTIMES:
+        raise UserError(f"TensorRT runtime {settings.runtime!r} is unknown", hint=f"use one of {', '.join(TENSORRT_RUNTIMES)}")
+    if settings.engines not in ENGINE_LAYOUTS:
+        raise UserError(f"engine layout {settings.engines!r} is unknown", hint=f"use one of {', '.join(ENGINE_LAYOUTS)}")
+    if settings.runtime == "lean" and settings.version_compatible is False:
+        raise UserError("--runtime lean with --no-version-compatible: the lean runtime runs only version-compatible "
+                        "engines", hint="drop --no-version-compatible, or build for --runtime full")
+    if settings.exclude_lean_runtime and not settings.builds_version_compatible:
         raise UserError("--exclude-lean-runtime only applies to version-compatible engines",
-                        hint="add --version-compatible, or drop --exclude-lean-runtime")
+                        hint="add --runtime lean (or --version-compatible), or drop --exclude-lean-runtime")
     if settings.max_aux_streams is not None and settings.max_aux_streams < 0:
         raise UserError(f"max aux streams {settings.max_aux_streams} is negative", hint="use 0 or more")
     if settings.timing_cache is not None and Path(settings.timing_cache).is_dir():
@@ -102,10 +115,17 @@ def engine_file(bucket_name: str) -> str:
     return f"{ENGINE_DIR}/{re.sub(r'[^A-Za-z0-9_.-]', '_', bucket_name)}.plan"
 
 
+def engine_groups(buckets: list[Bucket], layout: str) -> list[tuple[str, list[Bucket]]]:
+    """(engine file, the buckets whose profiles it holds, in profile order) per engine to build."""
+    if layout == "shared":
+        return [(SHARED_ENGINE, list(buckets))]
+    return [(engine_file(b.name), [b]) for b in buckets]
+
+
 def build_flags(settings: BuildSettings, tf32: bool | None = None) -> dict:
     flags = {"optimization_level": settings.optimization_level, "workspace_mib": settings.workspace_mib,
-             "hardware_compatibility": settings.hardware_compatibility,
-             "version_compatible": settings.version_compatible,
+             "hardware_compatibility": settings.hardware_compatibility, "runtime": settings.runtime,
+             "engines": settings.engines, "version_compatible": settings.builds_version_compatible,
              "exclude_lean_runtime": settings.exclude_lean_runtime, "max_aux_streams": settings.max_aux_streams}
     if tf32 is not None:
         flags["tf32"] = tf32  # TensorRT's default: FP32 matmuls may run in TF32
@@ -145,7 +165,7 @@ def _parser_error_text(error) -> str:
         return str(error)
 
 
-def _configure(trt, builder, settings: BuildSettings, shapes: dict, bucket: Bucket):
+def _configure(trt, builder, settings: BuildSettings, shapes: dict, group: list[Bucket]):
     config = builder.create_builder_config()
     config.builder_optimization_level = settings.optimization_level
     if settings.workspace_mib:
@@ -154,38 +174,75 @@ def _configure(trt, builder, settings: BuildSettings, shapes: dict, bucket: Buck
         config.hardware_compatibility_level = trt.HardwareCompatibilityLevel.AMPERE_PLUS
     elif settings.hardware_compatibility == "same_compute_capability":
         config.hardware_compatibility_level = trt.HardwareCompatibilityLevel.SAME_COMPUTE_CAPABILITY
-    if settings.version_compatible:
+    if settings.builds_version_compatible:
         config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
         if settings.exclude_lean_runtime:
             config.set_flag(trt.BuilderFlag.EXCLUDE_LEAN_RUNTIME)
     if settings.max_aux_streams is not None:
         config.max_aux_streams = settings.max_aux_streams
-    profile = builder.create_optimization_profile()
-    for name, (lo, opt, hi) in shapes.items():
-        profile.set_shape(name, lo, opt, hi)
-    if config.add_optimization_profile(profile) < 0:
-        raise UserError(f"TensorRT rejected the optimization profile of bucket {bucket.name!r}: {shapes}",
-                        hint="check the bucket's min/opt/max in the profile file")
+    for expected, bucket in enumerate(group):
+        _add_profile(builder, config, shapes[bucket.name], bucket, expected)
     return config
 
 
-def _attach_timing_cache(config, cache_bytes: bytes, logger):
-    cache = config.create_timing_cache(cache_bytes)
-    if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
-        # A cache from another GPU or TensorRT version: start afresh rather than mix timings.
+def _add_profile(builder, config, shapes: dict, bucket: Bucket, expected: int) -> None:
+    """One optimization profile per bucket; its index must be the bucket's place in the engine."""
+    profile = builder.create_optimization_profile()
+    for name, (lo, opt, hi) in shapes.items():
+        try:
+            profile.set_shape(name, lo, opt, hi)
+        except (RuntimeError, ValueError, TypeError) as exc:
+            raise UserError(f"TensorRT rejected the shapes of input {name!r} in bucket {bucket.name!r}: min {list(lo)}, "
+                            f"opt {list(opt)}, max {list(hi)} ({exc})",
+                            hint="check the bucket's min/opt/max in the profile file (each dimension needs "
+                                 "0 <= min <= opt <= max, and static dimensions must match the model)") from None
+    index = config.add_optimization_profile(profile)
+    if index != expected:
+        raise UserError(f"TensorRT rejected the optimization profile of bucket {bucket.name!r} (got index {index}, "
+                        f"expected {expected}): {shapes}", hint="check the bucket's min/opt/max in the profile file")
+
+
+def _context_memory(trt, logger, plan, count: int, version_compatible: bool) -> list[int | None]:
+    """TensorRT's activation memory per profile, for `trtcompile inspect`; None where it cannot be read.
+
+    Deserializes the plan once more on the build machine (it briefly holds the weights twice).
+    """
+    try:
+        runtime = trt.Runtime(logger)
+        if version_compatible:
+            runtime.engine_host_code_allowed = True  # our own plan, just built
+        engine = runtime.deserialize_cuda_engine(plan)
+        if engine is None:
+            logger.take_errors()
+            return [None] * count
+        sizes = [int(engine.get_device_memory_size_for_profile_v2(i)) for i in range(count)]
+        del engine
+        return sizes
+    except (RuntimeError, TypeError, ValueError):
         logger.take_errors()
-        cache = config.create_timing_cache(b"")
-        config.set_timing_cache(cache, ignore_mismatch=False)
-    return cache
+        return [None] * count
+
+
+def _attach_timing_cache(config, cache_bytes: bytes, logger) -> str:
+    """Reuse the timing cache; "reused", "new", or "discarded" (another GPU or TensorRT version)."""
+    cache = config.create_timing_cache(cache_bytes)
+    if cache is not None and config.set_timing_cache(cache, ignore_mismatch=False):
+        return "reused" if cache_bytes else "new"
+    # A cache from another GPU or TensorRT version: start afresh rather than mix timings.
+    logger.take_errors()
+    cache = config.create_timing_cache(b"")
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    return "discarded"
 
 
 def build_engines(onnx_path: Path, inputs: list[TensorSpec], buckets: list[Bucket], settings: BuildSettings,
                   out_dir: Path, on_progress=None) -> list[dict]:
-    """Build `out_dir/engines/<bucket>.plan` for every bucket and `out_dir/timing.cache`.
+    """Build the engines (`settings.engines`: one shared plan, or one per bucket) and `out_dir/timing.cache`.
 
-    Returns the manifest's engine entries. on_progress(text) gets a one-line status such as
-    "engine 'short': Tactic selection 12/40", from TensorRT's build threads; without it, rich
-    progress bars go to a terminal's stderr.
+    Returns the manifest's engine entries, each with its `profiles` ([{"bucket", "index",
+    "context_memory_bytes"}]). on_progress(text) gets a one-line status such as
+    "engine 'prefill+decode': Tactic selection 12/40", from TensorRT's build threads; without it,
+    rich progress bars go to a terminal's stderr.
     Raises UserError when there is no builder or GPU here, or when parsing or building fails.
     """
     onnx_path, out_dir = Path(onnx_path), Path(out_dir)
@@ -193,7 +250,8 @@ def build_engines(onnx_path: Path, inputs: list[TensorSpec], buckets: list[Bucke
     if not buckets:
         raise UserError("no buckets to build engines for", hint="give the profile at least one bucket")
     shapes = {b.name: profile_shapes(inputs, b) for b in buckets}
-    files = [engine_file(b.name) for b in buckets]
+    groups = engine_groups(buckets, settings.engines)
+    files = [file for file, _ in groups]
     if len(set(files)) != len(files):
         raise UserError(f"bucket names {[b.name for b in buckets]} map to clashing engine files {files}",
                         hint="give buckets distinct names of letters, digits, '_', '-' or '.'")
@@ -220,10 +278,11 @@ def build_engines(onnx_path: Path, inputs: list[TensorSpec], buckets: list[Bucke
     display = RichDisplay() if on_progress is None else None
     callback = display if display is not None else status_line(on_progress)
     with display if display is not None else contextlib.nullcontext():
-        for bucket, file in zip(buckets, files):
-            config = _configure(trt, builder, settings, shapes[bucket.name], bucket)
-            _attach_timing_cache(config, cache_bytes, logger)
-            monitor = make_monitor(trt, bucket.name, callback)
+        for file, group in groups:
+            label = "+".join(b.name for b in group)
+            config = _configure(trt, builder, settings, shapes, group)
+            timing_cache = _attach_timing_cache(config, cache_bytes, logger)
+            monitor = make_monitor(trt, label, callback)
             config.progress_monitor = monitor
             start = time.perf_counter()
             plan = builder.build_serialized_network(network, config)
@@ -231,22 +290,29 @@ def build_engines(onnx_path: Path, inputs: list[TensorSpec], buckets: list[Bucke
             if plan is None:
                 if monitor.cancelled:
                     raise KeyboardInterrupt
-                raise UserError(f"TensorRT {trt.__version__} failed to build the engine for bucket {bucket.name!r}: "
+                raise UserError(f"TensorRT {trt.__version__} failed to build the engine for bucket(s) {label!r}: "
                                 f"{logger.take_errors() or 'see the TensorRT log above'}",
                                 hint="a smaller bucket or a --workspace limit may help when it ran out of memory; an "
-                                     "unsupported layer needs the model changed or a plugin")
+                                     "unsupported layer needs the model changed or a plugin; --engines per-bucket "
+                                     "builds each bucket alone")
             cache_bytes = bytes(memoryview(config.get_timing_cache().serialize()))
             if cache_path:
                 _write_atomic(cache_path, cache_bytes)  # after each engine: a later failure keeps the timings
             data = memoryview(plan)
             _write_atomic(out_dir / file, data)
-            entries.append({
-                "bucket": bucket.name, "file": file, "sha256": hashlib.sha256(data).hexdigest(),
+            memory = _context_memory(trt, logger, data, len(group), settings.builds_version_compatible)
+            entry = {
+                "file": file, "sha256": hashlib.sha256(data).hexdigest(),
                 "bytes": data.nbytes, "tensorrt_version": trt.__version__,
                 "compute_capability": device.compute_capability, "device_name": device.name,
                 "build_flags": build_flags(settings, config.get_flag(trt.BuilderFlag.TF32)),
-                "build_seconds": round(seconds, 3),
-            })
+                "build_seconds": round(seconds, 3), "timing_cache": timing_cache,
+                "profiles": [{"bucket": b.name, "index": i, "context_memory_bytes": memory[i]}
+                             for i, b in enumerate(group)],
+            }
+            if len(group) == 1 and settings.engines == "per-bucket":
+                entry["bucket"] = group[0].name  # what readers of one-engine-per-bucket packages look for
+            entries.append(entry)
             del config, plan, data
     _write_atomic(out_dir / TIMING_CACHE, cache_bytes)
     del network, parser, builder

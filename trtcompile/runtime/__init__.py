@@ -16,7 +16,7 @@ import numpy as np
 from trtcompile.runtime.manifest import Manifest, PackageError, read_manifest
 from trtcompile.runtime.shapes import Bucket, InputError, TensorSpec, bucket_for
 
-__all__ = ["BACKENDS", "Bucket", "InputError", "Model", "PackageError", "TensorSpec", "load"]
+__all__ = ["BACKENDS", "BackendFallbackWarning", "Bucket", "InputError", "Model", "PackageError", "TensorSpec", "load"]
 
 BACKENDS = ("auto", "tensorrt", "onnxruntime")
 
@@ -70,25 +70,71 @@ class Model:
         self.close()
 
 
-def tensorrt_unavailable_reason(manifest: Manifest) -> str | None:
-    """Why the TensorRT backend cannot run this package here, or None when it can."""
-    if not manifest.engines:
-        reason = manifest.data.get("build", {}).get("engines_skipped", "it was compiled without engines")
-        return f"the package has no TensorRT engines ({reason})"
-    from trtcompile.runtime.tensorrt_backend import environment_problem
+class BackendFallbackWarning(UserWarning):
+    """load(backend="auto") ran a package with TensorRT engines on ONNX Runtime; the message says why."""
 
-    return environment_problem()
+
+TENSORRT_OPTIONS = {"device", "cuda_graphs", "copy_outputs", "runtime", "lean_library"}
+ONNXRUNTIME_OPTIONS = {"providers", "threads"}
+
+
+def tensorrt_unavailable_reason(manifest: Manifest, **options) -> str | None:
+    """Why the TensorRT backend cannot run this package here, or None when it can (engine_check.py)."""
+    from trtcompile.runtime.engine_check import probe_environment, unavailable_reason
+
+    if not manifest.engines:
+        return unavailable_reason(manifest, None)
+    env = probe_environment(options.get("device", 0), prefer=options.get("runtime"),
+                            lean_library=options.get("lean_library"))
+    return unavailable_reason(manifest, env)
+
+
+def _split_options(options: dict) -> tuple[dict, dict]:
+    unknown = sorted(set(options) - TENSORRT_OPTIONS - ONNXRUNTIME_OPTIONS)
+    if unknown:
+        raise TypeError(f"load() got unknown backend option(s) {unknown}; the tensorrt backend takes "
+                        f"{sorted(TENSORRT_OPTIONS)}, the onnxruntime backend {sorted(ONNXRUNTIME_OPTIONS)}")
+    return ({k: v for k, v in options.items() if k in TENSORRT_OPTIONS},
+            {k: v for k, v in options.items() if k in ONNXRUNTIME_OPTIONS})
 
 
 def load(path: str | Path, backend: str = "auto", **backend_options) -> Model:
-    """Load a package directory; `backend` is "auto" (TensorRT when possible), "tensorrt" or "onnxruntime"."""
+    """Load a package directory; `backend` is "auto", "tensorrt" or "onnxruntime".
+
+    "auto" runs the TensorRT engines when this machine can (a TensorRT runtime that accepts them,
+    a CUDA GPU they were built for, engines that deserialize); otherwise the same package's
+    model.onnx on ONNX Runtime, with one BackendFallbackWarning saying why and what to rebuild
+    (none for a package compiled without engines). "tensorrt" raises PackageError instead.
+    """
     if backend not in BACKENDS:
         raise ValueError(f"backend {backend!r} is not one of {BACKENDS}")
     manifest = read_manifest(path)
     if backend == "auto":
-        backend = "onnxruntime" if tensorrt_unavailable_reason(manifest) else "tensorrt"
+        from trtcompile.runtime.cuda import CudaError
+
+        trt_options, ort_options = _split_options(backend_options)
+        reason = tensorrt_unavailable_reason(manifest, **trt_options)
+        if reason is None:
+            from trtcompile.runtime.tensorrt_backend import TensorRTBackend
+
+            try:
+                return Model(manifest, TensorRTBackend(manifest, **trt_options))
+            except (PackageError, CudaError) as exc:  # e.g. a plan that does not deserialize, out of memory
+                reason = str(exc)
+        from trtcompile.runtime.ort_backend import OnnxRuntimeBackend
+
+        try:
+            impl = OnnxRuntimeBackend(manifest, **ort_options)
+        except PackageError as exc:
+            raise PackageError(f"{exc}; and the TensorRT engines cannot run here either: {reason}") from exc
+        if manifest.engines:
+            import warnings
+
+            warnings.warn(BackendFallbackWarning(
+                f"running {str(path)!r} on ONNX Runtime (CPU), not its TensorRT engines: {reason}"), stacklevel=2)
+        return Model(manifest, impl)
     if backend == "tensorrt":
-        reason = tensorrt_unavailable_reason(manifest)
+        reason = tensorrt_unavailable_reason(manifest, **backend_options)
         if reason:
             raise PackageError(f"backend 'tensorrt' cannot run {str(path)!r}: {reason}; "
                                f"use backend='onnxruntime' or build engines on a machine with TensorRT and a GPU")

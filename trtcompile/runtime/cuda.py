@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# TensorRT wants every tensor address 256-byte aligned; cudaMalloc guarantees it for the arena
-# base, `layout` for every slice inside it.
-ALIGNMENT = 256
+# TensorRT wants every tensor address 256-byte aligned; cudaMalloc guarantees it for an arena's
+# base, `layout` (buffers.py) for every slice inside it.
+from trtcompile.runtime.buffers import ALIGNMENT, align, layout  # noqa: E402,F401  (cuda.layout for callers)
 
 
 class CudaError(RuntimeError):
@@ -81,19 +81,6 @@ def device_info(device: int = 0) -> DeviceInfo:
 def set_device(device: int) -> None:
     cudart = _cudart()
     check(cudart.cudaSetDevice(device), f"cudaSetDevice({device})")
-
-
-def align(n: int, alignment: int = ALIGNMENT) -> int:
-    return (n + alignment - 1) // alignment * alignment
-
-
-def layout(sizes: dict[str, int], alignment: int = ALIGNMENT) -> tuple[dict[str, int], int]:
-    """Offsets of each named slice in one arena, each aligned; returns (offsets, total bytes)."""
-    offsets, end = {}, 0
-    for name, nbytes in sizes.items():
-        offsets[name] = end
-        end = align(end + max(int(nbytes), 1), alignment)
-    return offsets, max(end, alignment)
 
 
 class Stream:
