@@ -1,7 +1,9 @@
 """The TensorRT backend's pure logic on CPU, and its CUDA half where a GPU is present.
 
-Running real engines needs the full TensorRT to build them: that end-to-end test lives in
-tests/build/test_engine.py. Nothing here stands in for TensorRT; the TensorRT types used are
+Running real engines needs the full TensorRT to build them: those end-to-end tests live in
+tests/build/test_engine.py; engine checks and the auto fallback in test_engine_check.py; buffer
+sizing and ownership in test_buffers.py; the CUDA-graph policy in test_graph_cache.py; the GPU
+checks that need no TensorRT in test_cuda_gpu.py. Nothing here stands in for TensorRT; the TensorRT types used are
 the real `tensorrt_lean` ones.
 """
 
@@ -17,62 +19,10 @@ import pytest
 from trtcompile.runtime import cuda
 from trtcompile.runtime.manifest import Manifest, PackageError
 from trtcompile.runtime.shapes import Bucket, TensorSpec
-from trtcompile.runtime.tensorrt_backend import (
-    TensorRTBackend,
-    engine_mismatch,
-    environment_problem,
-    max_shapes,
-    numpy_dtype,
-)
+from trtcompile.runtime.tensorrt_backend import TensorRTBackend, environment_problem, max_shapes, numpy_dtype
 
 CUDA_PROBLEM = cuda.cuda_problem()
 needs_gpu = pytest.mark.skipif(CUDA_PROBLEM is not None, reason=f"needs a CUDA GPU: {CUDA_PROBLEM}")
-
-
-def entry(**overrides) -> dict:
-    flags = overrides.pop("flags", {})
-    e = {"bucket": "short", "file": "engines/short.plan", "tensorrt_version": "11.4.0.106",
-         "compute_capability": "9.0", "device_name": "NVIDIA H100 80GB HBM3",
-         "build_flags": {"version_compatible": False, "exclude_lean_runtime": False,
-                         "hardware_compatibility": "none", **flags}}
-    e.update(overrides)
-    return e
-
-
-def mismatch(e, version="11.4.0.106", cc="9.0"):
-    return engine_mismatch(e, tensorrt_version=version, compute_capability=cc, device_name="NVIDIA A10G")
-
-
-def test_engine_matching_the_machine_is_accepted():
-    assert mismatch(entry()) is None
-    assert mismatch(entry(), version="11.4.0.200") is None  # same release, other build number
-
-
-def test_other_tensorrt_version_says_what_to_rebuild():
-    msg = mismatch(entry(), version="11.5.0.10")
-    assert "11.4.0.106" in msg and "11.5.0.10" in msg and "engines/short.plan" in msg
-    assert "trtcompile build" in msg and "--version-compatible" in msg
-
-
-def test_version_compatible_engine_runs_on_later_minor_of_same_major_only():
-    vc = entry(flags={"version_compatible": True})
-    assert mismatch(vc, version="11.6.1.2") is None
-    assert "at or above 11.4.0.106" in mismatch(vc, version="11.3.0.1")
-    assert "11.x" in mismatch(vc, version="12.0.0.1")
-
-
-def test_excluded_lean_runtime_needs_the_exact_version():
-    e = entry(flags={"version_compatible": True, "exclude_lean_runtime": True})
-    assert mismatch(e) is None
-    assert "EXCLUDE_LEAN_RUNTIME" in mismatch(e, version="11.5.0.1")
-
-
-def test_other_gpu_generation_is_rejected_unless_built_ampere_plus():
-    msg = mismatch(entry(), cc="8.6")
-    assert "9.0" in msg and "8.6" in msg and "NVIDIA A10G" in msg and "ampere_plus" in msg
-    ampere = entry(flags={"hardware_compatibility": "ampere_plus"})
-    assert mismatch(ampere, cc="8.6") is None
-    assert "Ampere or newer" in mismatch(ampere, cc="7.5")
 
 
 def test_numpy_dtypes_of_real_tensorrt_types():
@@ -114,8 +64,10 @@ def test_backend_refuses_to_start_without_its_environment(tmp_path):
     problem = environment_problem()
     if problem is None:
         pytest.skip("TensorRT and a GPU are present")
+    engine = {"file": "engines/model.plan", "tensorrt_version": "11.4.0.106", "compute_capability": "9.0",
+              "profiles": [], "build_flags": {"version_compatible": True}}
     manifest = Manifest(tmp_path, {"schema_version": 1, "inputs": [], "outputs": [], "buckets": [],
-                                   "engines": [entry()]})
+                                   "engines": [engine]})
     with pytest.raises(PackageError, match="cannot run here") as info:
         TensorRTBackend(manifest)
     assert problem in str(info.value)
