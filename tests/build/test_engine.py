@@ -80,48 +80,141 @@ def feeds_for(batch: int, sequence: int, seed: int = 0) -> dict[str, np.ndarray]
 
 # --- real builds (TensorRT + GPU) -------------------------------------------------------------
 
+def manifest_for(out: Path, entries: list[dict]):
+    from trtcompile.runtime.manifest import Manifest
+
+    return Manifest(out, {"schema_version": 1, "inputs": [s.to_dict() for s in INPUTS],
+                          "outputs": [s.to_dict() for s in OUTPUTS], "buckets": [b.to_dict() for b in BUCKETS],
+                          "engines": entries, "build": {}})
+
+
+# Shapes in an order that alternates buckets and repeats shapes (graphs captured, then replayed).
+CALLS = [(1, 5), (3, 16), (2, 40), (3, 16), (2, 40), (3, 16), (2, 40), (4, 64), (1, 5), (1, 5)]
+
+
+def check_against_onnx_runtime(runner, model_path: Path) -> None:
+    from helpers import ort_run
+
+    for batch, sequence in CALLS:
+        feeds = feeds_for(batch, sequence, seed=sequence)
+        got, want = runner.run(feeds), ort_run(str(model_path), feeds)
+        for name in ("y", "h"):
+            assert got[name].shape == want[name].shape
+            # TensorRT may run FP32 matmuls in TF32 (its default), hence not 1e-6.
+            np.testing.assert_allclose(got[name], want[name], atol=2e-2, rtol=2e-2, err_msg=name)
+
+
 @pytest.mark.tensorrt
 @needs_builder
-def test_engines_build_per_bucket_and_match_onnx_runtime(tmp_path):
+def test_shared_engine_has_a_profile_per_bucket_and_matches_onnx_runtime(tmp_path):
     import tensorrt
 
-    from helpers import ort_run
     from trtcompile.runtime import Model
-    from trtcompile.runtime.manifest import Manifest
+    from trtcompile.runtime.tensorrt_backend import TensorRTBackend
+
+    model_path = tiny_onnx(tmp_path / "model.onnx")
+    out = tmp_path / "pkg"
+    events: list[str] = []
+    entries = build_engines(model_path, INPUTS, BUCKETS, BuildSettings(optimization_level=1), out,
+                            on_progress=events.append)
+
+    assert len(entries) == 1  # one engine, the weights once
+    e = entries[0]
+    plan = (out / e["file"]).read_bytes()
+    assert e["file"] == "engines/model.plan" and "bucket" not in e
+    assert [(p["bucket"], p["index"]) for p in e["profiles"]] == [("short", 0), ("long", 1)]
+    assert all(isinstance(p["context_memory_bytes"], int) for p in e["profiles"])
+    assert e["bytes"] == len(plan) and e["sha256"] == hashlib.sha256(plan).hexdigest()
+    assert e["tensorrt_version"] == tensorrt.__version__ and e["compute_capability"].count(".") == 1
+    assert e["build_flags"]["engines"] == "shared" and e["build_flags"]["version_compatible"] is False
+    assert events and all(line.startswith("engine 'short+long'") for line in events)
+
+    manifest = manifest_for(out, entries)
+    backend = TensorRTBackend(manifest)
+    with Model(manifest, backend) as runner:
+        assert list(backend.engines) == ["engines/model.plan"]  # deserialized once
+        short, long = backend.session("short"), backend.session("long")
+        assert (short.profile, long.profile) == (0, 1) and short.context is not long.context
+        assert short.context.active_optimization_profile == 0 and long.context.active_optimization_profile == 1
+        check_against_onnx_runtime(runner, model_path)
+        # (3, 16) and (2, 40) alternate between the buckets: each is captured on its 2nd call, replayed on its 3rd.
+        assert short.graphs.stats["replays"] >= 1 and long.graphs.stats["replays"] >= 1
+
+
+@pytest.mark.tensorrt
+@needs_builder
+def test_per_bucket_engines_and_timing_cache_reuse(tmp_path):
+    from trtcompile.runtime import Model
     from trtcompile.runtime.tensorrt_backend import TensorRTBackend
 
     model_path = tiny_onnx(tmp_path / "model.onnx")
     out, cache = tmp_path / "pkg", tmp_path / "caches" / "timing.cache"
-    events: list[str] = []
-    entries = build_engines(model_path, INPUTS, BUCKETS, BuildSettings(optimization_level=1, timing_cache=cache),
-                            out, on_progress=events.append)
+    settings = BuildSettings(optimization_level=1, timing_cache=cache, engines="per-bucket")
+    entries = build_engines(model_path, INPUTS, BUCKETS, settings, out)
 
-    assert [e["bucket"] for e in entries] == ["short", "long"]
-    for e in entries:
-        plan = (out / e["file"]).read_bytes()
-        assert e["file"] == f"engines/{e['bucket']}.plan"
-        assert e["bytes"] == len(plan) and e["sha256"] == hashlib.sha256(plan).hexdigest()
-        assert e["tensorrt_version"] == tensorrt.__version__ and e["compute_capability"].count(".") == 1
-        assert e["build_flags"]["optimization_level"] == 1 and e["build_seconds"] > 0
+    assert [(e["file"], e["bucket"], e["profiles"][0]["index"]) for e in entries] == [
+        ("engines/short.plan", "short", 0), ("engines/long.plan", "long", 0)]
+    assert [e["timing_cache"] for e in entries] == ["new", "reused"]  # the 2nd engine reuses the 1st's timings
     assert (out / "timing.cache").stat().st_size > 0 and cache.read_bytes() == (out / "timing.cache").read_bytes()
-    assert events and all(line.startswith("engine '") for line in events)
+    with Model(manifest_for(out, entries), TensorRTBackend(manifest_for(out, entries))) as runner:
+        check_against_onnx_runtime(runner, model_path)
 
-    manifest = Manifest(out, {"schema_version": 1, "inputs": [s.to_dict() for s in INPUTS],
-                              "outputs": [s.to_dict() for s in OUTPUTS],
-                              "buckets": [b.to_dict() for b in BUCKETS], "engines": entries})
-    with Model(manifest, TensorRTBackend(manifest)) as runner:
-        for batch, sequence in [(1, 5), (3, 16), (3, 16), (3, 16), (2, 40), (4, 64), (1, 5)]:
-            feeds = feeds_for(batch, sequence, seed=sequence)
-            got, want = runner.run(feeds), ort_run(str(model_path), feeds)
-            for name in ("y", "h"):
-                assert got[name].shape == want[name].shape
-                # TensorRT may run FP32 matmuls in TF32 (its default), hence not 1e-6.
-                np.testing.assert_allclose(got[name], want[name], atol=2e-2, rtol=2e-2, err_msg=name)
-
-    # The saved timing cache is picked up by the next build.
-    again = build_engines(model_path, INPUTS, BUCKETS[:1], BuildSettings(optimization_level=1, timing_cache=cache),
+    # The saved timing cache is picked up by the next build, shared this time.
+    again = build_engines(model_path, INPUTS, BUCKETS, BuildSettings(optimization_level=1, timing_cache=cache),
                           tmp_path / "pkg2")
-    assert again[0]["bucket"] == "short" and (tmp_path / "pkg2" / "engines" / "short.plan").is_file()
+    assert again[0]["timing_cache"] == "reused" and (tmp_path / "pkg2" / "engines" / "model.plan").is_file()
+
+
+@pytest.mark.tensorrt
+@needs_builder
+def test_lean_runtime_round_trip(tmp_path):
+    # Built for --runtime lean (version-compatible), run on tensorrt_lean in a child process.
+    pytest.importorskip("tensorrt_lean", reason="tensorrt_lean is not installed (pip install tensorrt-lean-cu13)")
+    from helpers import ort_run
+
+    model_path = tiny_onnx(tmp_path / "model.onnx")
+    out = tmp_path / "pkg"
+    entries = build_engines(model_path, INPUTS, BUCKETS, BuildSettings(optimization_level=1, runtime="lean"), out)
+    assert entries[0]["build_flags"]["version_compatible"] is True and entries[0]["build_flags"]["runtime"] == "lean"
+    (out / "entries.json").write_text(json.dumps(entries))
+    feeds = feeds_for(2, 40, seed=3)
+    np.savez(tmp_path / "feeds.npz", **feeds)
+    code = (
+        "import json, sys, numpy as np\n"
+        "sys.path[:0] = [%r, %r]\n"
+        "from test_engine import manifest_for\n"
+        "from trtcompile.runtime.tensorrt_backend import TensorRTBackend\n"
+        "from trtcompile.runtime.shapes import bucket_for\n"
+        "m = manifest_for(__import__('pathlib').Path(%r), json.loads(open(%r).read()))\n"
+        "backend = TensorRTBackend(m, runtime='lean')\n"
+        "assert backend.trt.__name__ == 'tensorrt_lean', backend.trt.__name__\n"
+        "feeds = dict(np.load(%r))\n"
+        "out = backend.run(feeds, bucket_for(m.buckets, m.inputs, feeds))\n"
+        "np.savez(%r, **out)\n"
+        "backend.close()\n"
+    ) % (str(Path(__file__).parent), str(Path(__file__).parent.parent), str(out), str(out / "entries.json"), str(tmp_path / "feeds.npz"),
+         str(tmp_path / "out.npz"))
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    got, want = dict(np.load(tmp_path / "out.npz")), ort_run(str(model_path), feeds)
+    for name in ("y", "h"):
+        np.testing.assert_allclose(got[name], want[name], atol=2e-2, rtol=2e-2, err_msg=name)
+
+
+@pytest.mark.tensorrt
+@needs_builder
+def test_a_changed_plan_is_refused_before_it_runs(tmp_path):
+    from trtcompile.runtime.manifest import PackageError
+    from trtcompile.runtime.tensorrt_backend import TensorRTBackend
+
+    out = tmp_path / "pkg"
+    entries = build_engines(tiny_onnx(tmp_path / "model.onnx"), INPUTS, BUCKETS, BuildSettings(optimization_level=1),
+                            out)
+    plan = bytearray((out / "engines/model.plan").read_bytes())
+    plan[-1] ^= 0xFF
+    (out / "engines/model.plan").write_bytes(bytes(plan))
+    with pytest.raises(PackageError, match="does not match its manifest sha256"):
+        TensorRTBackend(manifest_for(out, entries))
 
 
 @pytest.mark.tensorrt
@@ -167,6 +260,9 @@ def test_reason_without_tensorrt_names_the_package():
 
 
 @pytest.mark.parametrize("settings, message", [
+    (BuildSettings(runtime="lean", version_compatible=False), "lean runtime runs only version-compatible"),
+    (BuildSettings(runtime="dispatch"), "'dispatch' is unknown"),
+    (BuildSettings(engines="one"), "engine layout 'one' is unknown"),
     (BuildSettings(optimization_level=6), "optimization level 6"),
     (BuildSettings(workspace_mib=0), "workspace of 0 MiB"),
     (BuildSettings(hardware_compatibility="turing_plus"), "'turing_plus' is unknown"),
@@ -176,6 +272,38 @@ def test_reason_without_tensorrt_names_the_package():
 def test_bad_settings_are_user_errors(settings, message):
     with pytest.raises(UserError, match=message):
         validate_settings(settings)
+
+
+def test_runtime_decides_whether_engines_are_version_compatible():
+    assert BuildSettings().builds_version_compatible is False
+    assert BuildSettings(runtime="lean").builds_version_compatible is True
+    assert BuildSettings(version_compatible=True).builds_version_compatible is True
+    flags = engine_module.build_flags(BuildSettings(runtime="lean", engines="per-bucket"))
+    assert (flags["runtime"], flags["engines"], flags["version_compatible"]) == ("lean", "per-bucket", True)
+    validate_settings(BuildSettings(runtime="lean", exclude_lean_runtime=True))  # lean implies version-compatible
+
+
+def test_cli_options_map_onto_build_settings():
+    from trtcompile.cli import build as build_command
+    from trtcompile.cli import build_settings
+
+    def parse(*args):
+        return build_settings(**build_command.make_context("build", ["model.onnx", "-o", "out", *args]).params)
+
+    for args, expected in [((), ("full", "shared", None, False)),
+                           (("--runtime", "lean"), ("lean", "shared", None, True)),
+                           (("--engines", "per-bucket", "--version-compatible"), ("full", "per-bucket", True, True))]:
+        s = parse(*args)
+        assert (s.runtime, s.engines, s.version_compatible, s.builds_version_compatible) == expected
+    with pytest.raises(UserError, match="lean runtime runs only version-compatible"):
+        validate_settings(parse("--runtime", "lean", "--no-version-compatible"))
+
+
+def test_engine_groups_follow_the_layout():
+    assert [(f, [b.name for b in g]) for f, g in engine_module.engine_groups(BUCKETS, "shared")] == [
+        ("engines/model.plan", ["short", "long"])]
+    assert [(f, [b.name for b in g]) for f, g in engine_module.engine_groups(BUCKETS, "per-bucket")] == [
+        ("engines/short.plan", ["short"]), ("engines/long.plan", ["long"])]
 
 
 def test_settings_that_are_fine_pass(tmp_path):
@@ -255,7 +383,8 @@ def test_ctrl_c_in_progress_cancels_the_build():
 
 # Names given to builder objects in build/, and their classes in the Python bindings.
 BUILD_RECEIVERS = {"builder": "Builder", "config": "IBuilderConfig", "network": "INetworkDefinition",
-                   "parser": "OnnxParser", "profile": "IOptimizationProfile", "error": "ParserError"}
+                   "parser": "OnnxParser", "profile": "IOptimizationProfile", "error": "ParserError",
+                   "runtime": "Runtime", "engine": "ICudaEngine"}
 # Not in tensorrt_lean (builder side); each was checked against NVIDIA/TensorRT's bindings source
 # (python/src/infer/pyCore.cpp, pyGraph.cpp, python/src/parsers/pyOnnx.cpp, TensorRT 11). A new
 # use fails test_builder_names_are_reviewed until it is checked there and added here.

@@ -13,7 +13,7 @@ import pytest
 from trt_conformance import attribute_chains, missing_in, module_uses, receiver_uses, source_of
 
 from trtcompile.runtime import cuda as cuda_module
-from trtcompile.runtime import tensorrt_backend
+from trtcompile.runtime import engine_check, plan_reader, tensorrt_backend
 
 try:
     import tensorrt_lean as trt
@@ -49,7 +49,20 @@ EXPLICIT = {
     ("IExecutionContext", "set_input_shape"), ("IExecutionContext", "infer_shapes"),
     ("IExecutionContext", "set_tensor_address"), ("IExecutionContext", "execute_async_v3"),
     ("IExecutionContext", "get_tensor_shape"),
+    # shared engines: one context per profile, activation memory per profile
+    ("ICudaEngine", "num_optimization_profiles"), ("ICudaEngine", "get_device_memory_size_for_profile_v2"),
+    ("IExecutionContext", "set_optimization_profile_async"), ("ExecutionContextAllocationStrategy", "ON_PROFILE_CHANGE"),
+    # --exclude-lean-runtime engines from another version; plans streamed from the file
+    ("Runtime", "load_runtime"), ("IStreamReaderV2",), ("SeekPosition", "SET"), ("SeekPosition", "CUR"),
+    ("SeekPosition", "END"),
 }
+# Used by the runtime, absent from tensorrt_lean because it belongs to the full TensorRT only; each
+# checked against NVIDIA/TensorRT's bindings source (python/src/infer/pyPlugin.cpp:
+# m.def("init_libnvinfer_plugins", &initLibNvInferPlugins, "logger"_a, "namespace"_a)). The code
+# calls it only where hasattr(trt, ...) says it is there.
+FULL_ONLY_REVIEWED = {("init_libnvinfer_plugins",)}
+# The modules that touch TensorRT objects at run time.
+RUNTIME_MODULES = (tensorrt_backend, plan_reader, engine_check)
 EXPLICIT_CUDART = {
     "cudaGetDeviceCount", "cudaGetErrorName", "cudaGetErrorString", "cudaGetDeviceProperties", "cudaSetDevice",
     "cudaStreamCreateWithFlags", "cudaStreamNonBlocking", "cudaStreamSynchronize", "cudaStreamDestroy",
@@ -60,9 +73,11 @@ EXPLICIT_CUDART = {
 
 
 def backend_trt_uses() -> set[tuple[str, ...]]:
-    chains = attribute_chains(source_of(tensorrt_backend))
-    uses = module_uses(chains, "trt")
-    uses |= {(cls, attr) for cls, attr in receiver_uses(chains, RECEIVERS)}
+    uses = set()
+    for module in RUNTIME_MODULES:
+        chains = attribute_chains(source_of(module))
+        uses |= module_uses(chains, "trt")
+        uses |= {(cls, attr) for cls, attr in receiver_uses(chains, RECEIVERS)}
     return uses
 
 
@@ -74,7 +89,22 @@ def cuda_uses() -> set[tuple[str, ...]]:
 def test_every_tensorrt_attribute_the_backend_uses_exists():
     uses = backend_trt_uses()
     assert len(uses) >= 20, f"the source scan found too little to be working: {sorted(uses)}"
-    assert not missing_in(trt, uses), f"not in tensorrt_lean {trt.__version__}: {missing_in(trt, uses)}"
+    missing = missing_in(trt, uses - FULL_ONLY_REVIEWED)
+    assert not missing, f"not in tensorrt_lean {trt.__version__}: {missing}"
+    assert FULL_ONLY_REVIEWED <= uses, "a reviewed full-TensorRT-only name is no longer used: drop it from the list"
+    assert missing_in(trt, FULL_ONLY_REVIEWED) == sorted(".".join(u) for u in FULL_ONLY_REVIEWED), \
+        "tensorrt_lean has it now: check it like the rest"
+
+
+@needs_trt
+def test_overloads_the_backend_relies_on_exist():
+    # deserialize_cuda_engine takes an IStreamReaderV2, create_execution_context an allocation strategy.
+    assert "IStreamReaderV2" in trt.Runtime.deserialize_cuda_engine.__doc__
+    assert "ExecutionContextAllocationStrategy" in trt.ICudaEngine.create_execution_context.__doc__
+    # The stream reader overrides exactly what the base declares; TensorRT calls read(size, stream) and seek.
+    source = source_of(plan_reader)
+    assert "def read(self, num_bytes, stream)" in source and "def seek(self, offset, where)" in source
+    assert hasattr(trt.IStreamReaderV2, "read") and hasattr(trt.IStreamReaderV2, "seek")
 
 
 @needs_trt

@@ -436,9 +436,8 @@ class TensorRTBackend:
         self.trt, self.device, self.copy_outputs = trt, device, copy_outputs
         cuda.set_device(device)
         self.logger = make_logger(trt)
-        init_plugins = getattr(trt, "init_libnvinfer_plugins", None)  # the full TensorRT only
-        if init_plugins is not None:
-            init_plugins(self.logger, "")  # before any plan that uses a standard plugin is deserialized
+        if hasattr(trt, "init_libnvinfer_plugins"):  # the full TensorRT only; the lean runtime has no plugin library
+            trt.init_libnvinfer_plugins(self.logger, "")  # before any plan that uses a standard plugin is deserialized
         self.runtimes: list = []
         self.engines: dict[str, LoadedEngine] = {}
         self.sessions: dict[str, EngineSession] = {}
