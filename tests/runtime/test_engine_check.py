@@ -270,3 +270,20 @@ def test_auto_rejects_options_neither_backend_takes(package):
         runtime.load(package, cuda_graph=False)
     with runtime.load(package, threads=1, cuda_graphs=False) as model:  # each backend gets its own options
         assert model.backend_name == "onnxruntime"
+
+
+def test_inspect_shows_engines_buckets_and_memory_per_bucket(package, tmp_path):
+    import shutil
+
+    from trtcompile.inspect import describe
+
+    shared = entry() | {"profiles": [{"bucket": "short", "index": 0, "context_memory_bytes": 3 << 20},
+                                     {"bucket": "long", "index": 1, "context_memory_bytes": 5 << 20}]}
+    copy = with_engines(Path(shutil.copytree(package, tmp_path / "pkg")), shared)
+    text = describe(copy)
+    assert "engines/model.plan" in text and "short (profile 0), long (profile 1)" in text
+    assert "full runtime only" in text
+    # x [4,16,8] + y [4,16,4] float32 = 2048 + 1024 B; at sequence 64: 8192 + 4096 B.
+    assert "short        device I/O 3.0 KiB  pinned 3.0 KiB  activations 3.0 MiB" in text
+    assert "long         device I/O 12.0 KiB  pinned 12.0 KiB  activations 5.0 MiB" in text
+    assert "weights   engines/model.plan" in text and "once however many buckets it serves" in text
