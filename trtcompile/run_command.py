@@ -25,7 +25,15 @@ def run_package(package: Path, inputs: Path | None, dims: tuple[str, ...], backe
     from trtcompile.errors import UserError
     from trtcompile.verify import make_feeds
 
-    model = runtime.load(package, backend=backend)
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", runtime.BackendFallbackWarning)
+        model = runtime.load(package, backend=backend)
+    notes = [f"note: {w.message}" for w in caught if issubclass(w.category, runtime.BackendFallbackWarning)]
+    for w in caught:
+        if not issubclass(w.category, runtime.BackendFallbackWarning):
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     if inputs is not None:
         if not inputs.is_file():
             raise UserError(f"--inputs {str(inputs)!r} does not exist")
@@ -41,7 +49,7 @@ def run_package(package: Path, inputs: Path | None, dims: tuple[str, ...], backe
         feeds = make_feeds(model.inputs, values, np.random.default_rng(0))
     bucket = model.bucket_for(feeds)
     outputs = model.run(feeds)
-    lines = [f"backend {model.backend_name}, bucket {bucket.name}"]
+    lines = notes + [f"backend {model.backend_name}, bucket {bucket.name}"]
     lines += [f"  in  {k}: {v.dtype} {list(v.shape)}" for k, v in feeds.items()]
     lines += [f"  out {k}: {v.dtype} {list(v.shape)}  mean {float(np.mean(v)):.5g}  std {float(np.std(v)):.5g}"
               for k, v in outputs.items()]

@@ -119,10 +119,10 @@ class LoadedEngine:
         try:
             try:
                 source = stream_reader(trt, reader)
-            except RuntimeError:  # no IStreamReaderV2 here: one read, still hashed as it goes
-                source = reader.read(reader.size)
-                while len(source) < reader.size:
-                    source += reader.read(reader.size - len(source))
+            except RuntimeError:  # IStreamReaderV2 could not start: one read into memory, still hashed as it goes
+                source = bytearray()
+                while chunk := reader.read(reader.size - len(source)):
+                    source += chunk
             engine = runtime.deserialize_cuda_engine(source)
             digest = reader.hexdigest()
         finally:
