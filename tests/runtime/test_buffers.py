@@ -221,3 +221,24 @@ def test_plan_reader_hashes_the_whole_file_whatever_the_reads(tmp_path):
     assert reader.hexdigest() == want
     assert not reader.seek(-1, os.SEEK_SET)
     reader.close()
+
+
+def test_an_output_written_in_place_shares_its_inputs_buffer():
+    # A static cache updated in place (TensorRT's KV-cache update layer aliases present to past and
+    # wants one address for both): the output gets no memory of its own.
+    inputs = [TensorSpec("input_ids", "int64", ["batch", "sequence"]),
+              TensorSpec("cache.key", "float32", ["batch", 2, 128, 8])]
+    outputs = [TensorSpec("logits", "float32", ["batch", 1, 100]),
+               TensorSpec("cache_out.key", "float32", ["batch", 2, 128, 8])]
+    plan = plan_buffers(inputs, outputs, DECODE, {"cache.key", "cache_out.key"},
+                        aliases={"cache_out.key": "cache.key"})
+    assert plan.resident_offsets == {"cache.key": 0} and plan.resident_bytes == 2 * 2 * 128 * 8 * 4
+    assert plan.offset_of("cache_out.key", plan.resident_offsets) == plan.offset_of("cache.key", plan.resident_offsets)
+    # Aliased but not declared device-resident: it still shares the input's (staged) slice.
+    staged = plan_buffers(inputs, outputs, DECODE, set(), aliases={"cache_out.key": "cache.key"})
+    assert "cache_out.key" not in staged.staged_offsets
+    assert staged.offset_of("cache_out.key", staged.staged_offsets) == staged.staged_offsets["cache.key"]
+    from trtcompile.runtime.manifest import PackageError
+
+    with pytest.raises(PackageError, match="writes input 'input_ids' in place"):
+        plan_buffers(inputs, outputs, DECODE, set(), aliases={"cache_out.key": "input_ids"})

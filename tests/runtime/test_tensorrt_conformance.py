@@ -55,6 +55,8 @@ EXPLICIT = {
     # --exclude-lean-runtime engines from another version; plans streamed from the file
     ("Runtime", "load_runtime"), ("IStreamReaderV2",), ("SeekPosition", "SET"), ("SeekPosition", "CUR"),
     ("SeekPosition", "END"),
+    # outputs written in place (KV-cache update) share their input's buffer
+    ("ICudaEngine", "get_aliased_input_tensor"),
 }
 # Used by the runtime, absent from tensorrt_lean because it belongs to the full TensorRT only; each
 # checked against NVIDIA/TensorRT's bindings source (python/src/infer/pyPlugin.cpp:

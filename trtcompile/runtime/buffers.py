@@ -76,6 +76,11 @@ class BufferPlan:
     staged_bytes: int = 0
     resident_offsets: dict[str, int] = field(default_factory=dict)
     resident_bytes: int = 0
+    # output -> the input whose memory it must share (a KV-cache update written in place)
+    aliases: dict[str, str] = field(default_factory=dict)
+
+    def offset_of(self, name: str, offsets: dict[str, int]) -> int | None:
+        return offsets.get(self.aliases.get(name, name))
 
     @property
     def device_bytes(self) -> int:
@@ -99,10 +104,13 @@ def max_shapes(specs: list[TensorSpec], bucket: Bucket) -> dict[str, tuple[int, 
 
 
 def plan_buffers(inputs: list[TensorSpec], outputs: list[TensorSpec], bucket: Bucket, resident: set[str],
-                 engine_shapes: dict[str, tuple[int, ...]] | None = None) -> BufferPlan:
+                 engine_shapes: dict[str, tuple[int, ...]] | None = None,
+                 aliases: dict[str, str] | None = None) -> BufferPlan:
     """Size every I/O tensor of one bucket; engine_shapes (the engine's own shapes at the bucket's max
-    inputs, where known) win when they are larger than the manifest's."""
-    engine_shapes = engine_shapes or {}
+    inputs, where known) win when they are larger than the manifest's. An output in `aliases`
+    (ICudaEngine.get_aliased_input_tensor: TensorRT's KV-cache update writes its input in place and
+    wants both bound to one address) gets no memory of its own: it shares its input's."""
+    engine_shapes, aliases = engine_shapes or {}, dict(aliases or {})
     wanted = max_shapes(inputs + outputs, bucket)
     tensors = {}
     for spec, is_input in [(s, True) for s in inputs] + [(s, False) for s in outputs]:
@@ -115,9 +123,17 @@ def plan_buffers(inputs: list[TensorSpec], outputs: list[TensorSpec], bucket: Bu
                                f"dimension bucket {bucket.name!r} gives no range for; recompile the package")
         tensors[spec.name] = TensorBuffer(spec.name, is_input, np.dtype(spec.dtype), tuple(int(d) for d in shape),
                                           spec.name in resident)
-    staged, total = layout({n: t.nbytes for n, t in tensors.items() if not t.resident})
-    lazy, lazy_total = layout({n: t.nbytes for n, t in tensors.items() if t.resident})
-    return BufferPlan(bucket.name, tensors, staged, total if staged else 0, lazy, lazy_total if lazy else 0)
+    for output, source in aliases.items():
+        if source not in tensors or output not in tensors or tensors[output].nbytes > tensors[source].nbytes:
+            raise PackageError(f"output {output!r} writes input {source!r} in place, but their buffers do not "
+                               f"match in bucket {bucket.name!r}; recompile the package")
+        if tensors[output].resident != tensors[source].resident:  # one memory: one kind of buffer
+            tensors[output] = TensorBuffer(output, False, tensors[output].dtype, tensors[output].max_shape,
+                                           tensors[source].resident)
+    own = [n for n in tensors if n not in aliases]
+    staged, total = layout({n: tensors[n].nbytes for n in own if not tensors[n].resident})
+    lazy, lazy_total = layout({n: tensors[n].nbytes for n in own if tensors[n].resident})
+    return BufferPlan(bucket.name, tensors, staged, total if staged else 0, lazy, lazy_total if lazy else 0, aliases)
 
 
 @dataclass(frozen=True)

@@ -239,8 +239,12 @@ class EngineSession:
                                    f"{list(want_hi)}: the engine was built for another profile; {REBUILD}")
             self._set_shape(name, want_hi)
         self._infer_shapes()
-        engine_shapes, extra_outputs = {}, []
+        engine_shapes, extra_outputs, aliases = {}, [], {}
         for name in names:
+            if name not in engine_inputs:
+                source = engine.get_aliased_input_tensor(name)
+                if source:  # written in place (KV-cache update): TensorRT wants one address for both
+                    aliases[name] = source
             dtype = numpy_dtype(engine.get_tensor_dtype(name))
             if name in specs and np.dtype(specs[name].dtype) != dtype:
                 raise PackageError(f"engine {self.file!r} has {name!r} as {dtype}, the manifest says "
@@ -252,26 +256,31 @@ class EngineSession:
             engine_shapes[name] = shape
             if name not in specs:  # an engine output the manifest does not list still needs an address
                 extra_outputs.append(TensorSpec(name, dtype.name, list(shape)))
-        return plan_buffers(inputs, outputs + extra_outputs, self.bucket, resident, engine_shapes)
+        return plan_buffers(inputs, outputs + extra_outputs, self.bucket, resident, engine_shapes, aliases)
 
     def _allocate(self) -> None:
         plan = self.plan
         if plan.staged_bytes:
             self.device, self.host = cuda.DeviceArena(plan.staged_bytes), cuda.PinnedArena(plan.staged_bytes)
-        own = {n: (self.device.ptr + plan.staged_offsets[n] if n in plan.staged_offsets else 0) for n in plan.tensors}
+        own = {}
+        for name in plan.tensors:
+            offset = plan.offset_of(name, plan.staged_offsets)
+            own[name] = self.device.ptr + offset if offset is not None else 0
         self.bindings = Bindings(own, self._set_address, self._allocate_resident)
         self.tensors = {}
         for name, buffer in plan.tensors.items():
             host = None
-            if name in plan.staged_offsets:
-                host = self.host.view(plan.staged_offsets[name], buffer.nbytes, buffer.dtype)
+            offset = plan.offset_of(name, plan.staged_offsets)
+            if offset is not None:
+                host = self.host.view(offset, buffer.nbytes, buffer.dtype)
             self.tensors[name] = SessionTensor(buffer, self.bindings, host)
 
     def _allocate_resident(self) -> dict[str, int]:
         # Only when a caller feeds the KV cache from the host (Model.run on a decoder): generation
         # binds its own cache, and then this memory is never needed.
         self.resident_arena = cuda.DeviceArena(self.plan.resident_bytes)
-        return {n: self.resident_arena.ptr + o for n, o in self.plan.resident_offsets.items()}
+        return {n: self.resident_arena.ptr + self.plan.offset_of(n, self.plan.resident_offsets)
+                for n in self.plan.tensors if self.plan.offset_of(n, self.plan.resident_offsets) is not None}
 
     def _set_address(self, name: str, ptr: int) -> None:
         if not self.context.set_tensor_address(name, ptr):
