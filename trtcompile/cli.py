@@ -260,11 +260,11 @@ def run(package, inputs, dims, backend, save, iterations):
 
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-@click.argument("name", type=click.Choice(("runtime", "passes", "precision", "generate")))
+@click.argument("name", type=click.Choice(("runtime", "passes", "precision", "generate", "serve")))
 @click.pass_context
 @user_errors
 def bench(ctx, name):
-    """Benchmarks: runtime (MiniLM latency), passes, precision, generate. Extra args go to the benchmark."""
+    """Benchmarks: runtime (MiniLM latency), passes, precision, generate, serve. Extra args go to the benchmark."""
     import importlib
 
     importlib.import_module(f"trtcompile.bench.{name}").main(ctx.args)
@@ -276,6 +276,9 @@ def _register_optional_commands():
     except ImportError:
         return
     cli.add_command(generate)
+    from trtcompile.cli_serve import serve
+
+    cli.add_command(serve)
 
 
 _register_optional_commands()
