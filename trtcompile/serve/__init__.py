@@ -30,6 +30,7 @@ class ServeSettings:
     api_key: str | None = None
     drain_timeout: float = 30.0  # seconds SIGTERM waits for requests in flight
     batch_window_ms: float = 2.0  # embeddings: wait this long for more inputs to share a run
+    threads: int | None = None   # ONNX Runtime intra-op threads per model (None: ORT's default)
     log_level: str = "info"
 
 
@@ -45,7 +46,7 @@ def load_models(packages: dict[str, str | Path], settings: ServeSettings, metric
     metrics = metrics or ServerMetrics()
     served = {}
     for name, path in packages.items():
-        model = runtime.load(path, backend=settings.backend)
+        model = runtime.load(path, backend=settings.backend, **_backend_options(path, settings))
         tokenizer = find_tokenizer(model.manifest)
         if model.manifest.data.get("generation"):
             service = GenerationService(name, model, tokenizer, metrics, max_batch=settings.max_batch,
@@ -60,6 +61,19 @@ def load_models(packages: dict[str, str | Path], settings: ServeSettings, metric
                                            f"causal-LM packages and text-encoder packages") from None
         served[name] = ServedModel(name, str(path), model, service, int(time.time()))
     return served, metrics
+
+
+def _backend_options(path, settings: ServeSettings) -> dict:
+    """threads is an ONNX Runtime option: pass it only where that backend will run."""
+    if not settings.threads or settings.backend == "tensorrt":
+        return {}
+    if settings.backend == "auto":
+        from trtcompile.runtime import tensorrt_unavailable_reason
+        from trtcompile.runtime.manifest import read_manifest
+
+        if not tensorrt_unavailable_reason(read_manifest(path, check_files=False)):
+            return {}
+    return {"threads": settings.threads}
 
 
 def run_server(served: dict, metrics, settings: ServeSettings, on_ready=None) -> None:
