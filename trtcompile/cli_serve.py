@@ -44,14 +44,16 @@ def parse_models(package: Path | None, models: tuple[str, ...], name: str | None
               help="Requests waiting for a slot; beyond it: 429 with Retry-After.")
 @click.option("--api-key", envvar="TRTCOMPILE_API_KEY", help="Require 'Authorization: Bearer KEY' on /v1/* "
               "(also $TRTCOMPILE_API_KEY).")
+@click.option("--batch-window-ms", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Embeddings: how long the first input waits for others to share its run.")
 @click.option("--threads", type=click.IntRange(min=1), help="ONNX Runtime intra-op threads per model.")
 @click.option("--drain-timeout", type=click.FloatRange(min=0), default=30.0, show_default=True,
               help="Seconds SIGTERM waits for requests in flight.")
 @click.option("--log-level", type=click.Choice(("critical", "error", "warning", "info", "debug")), default="info",
               show_default=True)
 @user_errors
-def serve(package, models, name, host, port, backend, max_batch, max_queue, api_key, threads, drain_timeout,
-          log_level):
+def serve(package, models, name, host, port, backend, max_batch, max_queue, api_key, batch_window_ms, threads,
+          drain_timeout, log_level):
     """Serve packages over OpenAI's HTTP API: chat/completions (LMs), embeddings (encoders)."""
     from trtcompile.errors import UserError
 
@@ -62,7 +64,7 @@ def serve(package, models, name, host, port, backend, max_batch, max_queue, api_
         raise UserError(f"the server needs the 'serve' extra ({exc})", hint="pip install 'trtcompile[serve]'")
     settings = ServeSettings(host=host, port=port, backend=backend, max_batch=max_batch, max_queue=max_queue,
                              api_key=api_key, drain_timeout=drain_timeout, log_level=log_level,
-                             threads=threads)
+                             threads=threads, batch_window_ms=batch_window_ms)
     served, metrics = load_models(parse_models(package, models, name), settings)
     for m in served.values():
         card = m.card()

@@ -84,8 +84,10 @@ def serve_packages(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(serve_packages, tmp_path_factory):
-    """llama and bert, default slots and queue."""
-    live = LiveServer(["--model", f"llama={serve_packages['llama']}", "--model", f"bert={serve_packages['bert']}"],
+    """llama and bert, default slots and queue; embeddings wait 10 ms for company (the default, 0, batches
+    only what queues during a run: too timing-dependent for a test of batching)."""
+    live = LiveServer(["--model", f"llama={serve_packages['llama']}", "--model", f"bert={serve_packages['bert']}",
+                       "--batch-window-ms", "10"],
                       tmp_path_factory.mktemp("log") / "server.log")
     yield live
     statuses = live.statuses()

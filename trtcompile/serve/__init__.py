@@ -29,7 +29,7 @@ class ServeSettings:
     max_queue: int = 64         # requests waiting for a slot before 429
     api_key: str | None = None
     drain_timeout: float = 30.0  # seconds SIGTERM waits for requests in flight
-    batch_window_ms: float = 2.0  # embeddings: wait this long for more inputs to share a run
+    batch_window_ms: float = 0.0  # embeddings: the first input waits this long for others to share its run
     threads: int | None = None   # ONNX Runtime intra-op threads per model (None: ORT's default)
     log_level: str = "info"
 

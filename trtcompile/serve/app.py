@@ -112,16 +112,16 @@ class Completion:
     def take(self, tokens: list[int]) -> str:
         """Text these tokens add; sets finish_reason when they end the completion."""
         now = time.perf_counter()
-        metrics, name = self.service.metrics, self.service.name
+        service = self.service
         if not self.ids:
-            metrics.ttft.labels(name).observe(now - self.arrival)
+            service.ttft.observe(now - self.arrival)
             tokens_after_first = len(tokens) - 1
         else:
             tokens_after_first = len(tokens)
         for _ in range(tokens_after_first):  # tokens that arrived together share the gap
-            metrics.tpot.labels(name).observe((now - self.last) / max(1, tokens_after_first))
+            service.tpot.observe((now - self.last) / tokens_after_first)
         self.last = now
-        metrics.token(name, len(tokens))
+        service.metrics.tokens(service.generated, len(tokens))
         delta = []
         for token in tokens:
             if self.finish_reason:
@@ -274,12 +274,23 @@ class Server:
                 choice = {"index": 0, "text": text or "", "finish_reason": finish, "logprobs": None}
             return _sse({**head, "choices": [choice], **({"usage": None} if include_usage else {})})
 
+        # The per-token event is this template with the text spliced in: one json.dumps of a string
+        # instead of the whole event, on the path every token takes.
+        marker = "\u0000TEXT\u0000"
+        before, after = chunk(marker).decode().split(json.dumps(marker))
+        before, after = before.encode(), after.encode()
+
+        def text_chunk(text: str) -> bytes:
+            return before + json.dumps(text, ensure_ascii=False).encode() + after
+
         try:
             first_chunk = True
             async for delta in completion.deltas(first):
-                if delta or first_chunk:
-                    yield chunk(delta, role=first_chunk)
+                if first_chunk:
+                    yield chunk(delta, role=True)
                     first_chunk = False
+                elif delta:
+                    yield text_chunk(delta)
             yield chunk(None, completion.finish_reason)
             if include_usage:
                 yield _sse({**head, "choices": [], "usage": completion.usage()})

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import threading
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -59,25 +60,51 @@ class Limits:
         return cls(max_prompt=min(max(prefill, default=0), context), max_context=context)
 
 
+def _wake(waiter: asyncio.Future) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
 class TokenStream:
-    """One request's tokens: put() by a worker thread, iterated on the event loop."""
+    """One request's tokens: put() by a worker thread, read on the event loop.
+
+    The worker wakes the event loop only when the reader is waiting for a token (not once per
+    token): a wake-up is a syscall that hands the GIL over, so when the loop lags behind, tokens
+    pile up and go out together instead of each costing two thread switches.
+    """
 
     def __init__(self, loop: asyncio.AbstractEventLoop):
         self.loop = loop
-        self.queue: asyncio.Queue = asyncio.Queue()
+        self.items: deque = deque()
+        self.waiter: asyncio.Future | None = None
+        self.lock = threading.Lock()
         self.cancelled = False  # read by the worker after every step
 
     def put(self, item) -> None:
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+        with self.lock:
+            self.items.append(item)
+            waiter, self.waiter = self.waiter, None
+        if waiter is not None:
+            self.loop.call_soon_threadsafe(_wake, waiter)
 
     def cancel(self) -> None:
         self.cancelled = True
 
+    async def _get(self):
+        with self.lock:
+            if self.items:
+                return self.items.popleft()
+            waiter = self.waiter = self.loop.create_future()
+        await waiter
+        with self.lock:
+            return self.items.popleft()
+
     async def next(self):
         """The next token id, or None at the end; re-raises the worker's exception."""
-        item = await self.queue.get()
+        item = await self._get()
         if item is _END:
-            self.queue.put_nowait(_END)  # later calls see the end too
+            with self.lock:
+                self.items.appendleft(_END)  # later calls see the end too
             return None
         if isinstance(item, BaseException):
             raise item
@@ -86,12 +113,9 @@ class TokenStream:
     def ready(self) -> list[int]:
         """Tokens already waiting, without blocking (to send several in one write)."""
         out = []
-        while not self.queue.empty():
-            item = self.queue.get_nowait()
-            if item is _END or isinstance(item, BaseException):
-                self.queue.put_nowait(item)  # TokenStream.next() reports it, in order
-                break
-            out.append(item)
+        with self.lock:
+            while self.items and isinstance(self.items[0], int):
+                out.append(self.items.popleft())
         return out
 
 
@@ -110,6 +134,9 @@ class GenerationService:
         self.executor = ThreadPoolExecutor(self.size, thread_name_prefix=f"decode-{name}")
         self.slots = Slots(self.size, max_queue, on_change=self._gauges)
         metrics.slots_total.labels(name).set(self.size)
+        # Labelled children looked up once: these are hit per token.
+        self.ttft, self.tpot = metrics.ttft.labels(name), metrics.tpot.labels(name)
+        self.generated = metrics.generated.labels(name)
 
     def _gauges(self, slots: Slots) -> None:
         self.metrics.slots_in_use.labels(self.name).set(slots.in_use)

@@ -42,8 +42,9 @@ class ServerMetrics:
         self._recent: deque[tuple[float, int]] = deque()
         self.tokens_per_s.set_function(self._rate)
 
-    def token(self, model: str, count: int = 1) -> None:
-        self.generated.labels(model).inc(count)
+    def tokens(self, counter, count: int) -> None:
+        """count tokens generated; `counter` is the model's labelled child of `generated`."""
+        counter.inc(count)
         self._recent.append((time.monotonic(), count))
 
     def _rate(self) -> float:
