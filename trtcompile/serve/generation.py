@@ -1,15 +1,18 @@
 """One causal-LM package behind the server: prompts checked against its limits, model.stream() run
 on worker threads, tokens handed to the event loop.
 
-How many requests decode at once is the runtime's business. A runtime whose Model says how many
-concurrent streams it serves (`model.slots`, the continuous-batching runtime) gets that many worker
-threads, each iterating its own `model.stream()`; the runtime batches them. A runtime without it
-serves one stream at a time per model, so one worker thread does, under a lock, and the rest
-queue. Either way the server's admission (slots.py) bounds the queue in front.
+How many requests decode at once is the runtime's business. A package whose Model says how many
+requests it decodes together (`model.slots`: static-cache packages on the continuous-batching
+runtime) gets min(slots, --max-batch) worker threads, each iterating its own `model.submit()`
+request; the runtime batches them step by step. A package without slots (today's runtime, or a
+concat-cache package) serves one `model.stream()` at a time, so one worker thread does, under a
+lock, and the rest queue. Either way the server's admission (slots.py) bounds the queue in front,
+and never hands the runtime more requests than it has slots, so none waits inside the runtime.
 
-A client that goes away, or a stop string that matched, cancels its stream: the worker notices
-after the step in flight, closes the runtime's generator (which frees the runtime's slot), and the
-server's slot goes to the next request in the queue.
+A client that goes away, or a stop string that matched, cancels its request: a runtime request's
+cancel() frees its slot at the runtime's next step; a stream() generator is closed by the worker
+after the step in flight (which frees the cache); then the server's slot goes to the next request
+in the queue.
 """
 
 from __future__ import annotations
@@ -43,11 +46,17 @@ class Limits:
 
     @classmethod
     def of(cls, model) -> "Limits":
-        """From the package's buckets (and the manifest's max_context where it records one).
+        """From the package's buckets (and the manifest's max_context where it records one), or, for a
+        static-cache package, its cache length.
 
         Decode steps read the cache up to prompt + new - 2 tokens, so prompt + new tokens must stay
         within the decode bucket's past length + 1; the prompt itself within a batch-1 prefill bucket.
         """
+        gen = model.manifest.data.get("generation") or {}
+        if gen.get("kv_cache") == "static" and gen.get("max_cache"):
+            # The static cache prefills long prompts in chunks: one row of the cache is the limit.
+            cache = int(gen["max_cache"])
+            return cls(max_prompt=cache, max_context=cache)
         buckets = model.buckets
         prefill = [b.dims["sequence"][2] for b in buckets
                    if b.dims.get("past_sequence", (0, 0, 0))[0] == 0 and b.dims.get("batch", (1, 1, 1))[0] <= 1]
@@ -79,6 +88,7 @@ class TokenStream:
         self.waiter: asyncio.Future | None = None
         self.lock = threading.Lock()
         self.cancelled = False  # read by the worker after every step
+        self.on_cancel = None   # the runtime request's cancel(), where there is one
 
     def put(self, item) -> None:
         with self.lock:
@@ -89,6 +99,8 @@ class TokenStream:
 
     def cancel(self) -> None:
         self.cancelled = True
+        if self.on_cancel is not None:
+            self.on_cancel()  # thread-safe in the runtime: a flag its scheduler reads each step
 
     async def _get(self):
         with self.lock:
@@ -131,6 +143,8 @@ class GenerationService:
         concurrent = runtime_slots(model)
         self.size = min(max_batch, concurrent) if concurrent else 1
         self.serial = contextlib.nullcontext() if concurrent else threading.Lock()
+        # model.submit(): one request with its own cancel(); the runtimes with slots have it.
+        self.submit = bool(concurrent) and callable(getattr(model, "submit", None))
         self.executor = ThreadPoolExecutor(self.size, thread_name_prefix=f"decode-{name}")
         self.slots = Slots(self.size, max_queue, on_change=self._gauges)
         metrics.slots_total.labels(name).set(self.size)
@@ -214,6 +228,8 @@ class GenerationService:
 
     def _produce(self, stream: TokenStream, prompt_ids, max_tokens: int, options: dict) -> None:
         try:
+            if self.submit:
+                return self._produce_request(stream, prompt_ids, max_tokens, options)
             with self.serial:
                 if stream.cancelled:
                     return
@@ -229,6 +245,17 @@ class GenerationService:
             stream.put(exc)
         finally:
             stream.put(_END)
+
+    def _produce_request(self, stream: TokenStream, prompt_ids, max_tokens: int, options: dict) -> None:
+        """The continuous-batching runtime's per-request API: its cancel() frees the slot at the next step."""
+        request = self.model.submit(np.asarray(prompt_ids, np.int64), max_tokens, **options)
+        stream.on_cancel = request.cancel
+        if stream.cancelled:
+            request.cancel()
+        for token in request:
+            stream.put(int(token))
+            if stream.cancelled:
+                break
 
     def close(self) -> None:
         self.executor.shutdown(wait=True, cancel_futures=True)
