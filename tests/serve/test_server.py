@@ -210,11 +210,18 @@ CHAT = {"model": "llama", "messages": [{"role": "user", "content": "w5"}]}
     ("/v1/chat/completions", b'[1, 2]', 400, None, ["JSON object"]),
     ("/v1/chat/completions", {**CHAT, "max_tokenz": 5}, 400, "max_tokenz", ["unknown field", "max_tokens"]),
     ("/v1/chat/completions", {"model": "llama"}, 400, "messages", ["required"]),
-    ("/v1/chat/completions", {**CHAT, "max_tokens": 5000}, 400, "max_tokens", ["5000", "2048", "at most 2044"]),
-    ("/v1/chat/completions", {**CHAT, "max_completion_tokens": 2045}, 400, "max_completion_tokens", ["2048"]),
-    ("/v1/chat/completions", {**CHAT, "messages": [{"role": "user", "content": "w5 " * 600}]}, 400, "messages",
-     ["603 tokens", "at most 512"]),
-    ("/v1/completions", {"model": "llama", "prompt": [5] * 513}, 400, "prompt", ["513 tokens", "at most 512"]),
+    # The limits come from the package (GET /v1/models): today a prompt up to the prefill bucket
+    # (512) and a context of 2048; a static-cache package prefills in chunks up to its cache length.
+    # The chat prompt "<s> user w5 assistant" is 4 tokens.
+    ("/v1/chat/completions", lambda lim: {**CHAT, "max_tokens": 5000}, 400, "max_tokens",
+     lambda lim: ["5000", f"context of {lim['max_context']}", f"at most {lim['max_context'] - 4}"]),
+    ("/v1/chat/completions", lambda lim: {**CHAT, "max_completion_tokens": lim["max_context"] - 3}, 400,
+     "max_completion_tokens", lambda lim: [f"context of {lim['max_context']}"]),
+    ("/v1/chat/completions",
+     lambda lim: {**CHAT, "messages": [{"role": "user", "content": "w5 " * (lim["max_prompt"] - 2)}]}, 400, "messages",
+     lambda lim: [f"{lim['max_prompt'] + 1} tokens", f"at most {lim['max_prompt']}"]),
+    ("/v1/completions", lambda lim: {"model": "llama", "prompt": [5] * (lim["max_prompt"] + 1)}, 400, "prompt",
+     lambda lim: [f"{lim['max_prompt'] + 1} tokens", f"at most {lim['max_prompt']}"]),
     ("/v1/completions", {"model": "llama", "prompt": [5, 999]}, 400, "prompt", ["999", "0..127"]),
     ("/v1/chat/completions", {**CHAT, "n": 2}, 400, "n", ["n"]),
     ("/v1/chat/completions", {**CHAT, "temperature": 3}, 400, "temperature", ["less than or equal to 2"]),
@@ -228,6 +235,9 @@ CHAT = {"model": "llama", "messages": [{"role": "user", "content": "w5"}]}
     ("/v1/nothing", {}, 404, None, ["/v1/nothing"]),
 ])
 def test_bad_requests_get_a_4xx_with_an_openai_error_body(server, path, body, status, param, words):
+    if callable(body):
+        limits = httpx.get(f"{server.url}/v1/models/llama").json()
+        body, words = body(limits), words(limits)
     content = body if isinstance(body, bytes) else json.dumps(body).encode()
     reply = httpx.post(f"{server.url}{path}", content=content, headers={"Content-Type": "application/json"})
     assert reply.status_code == status, reply.text
@@ -276,7 +286,8 @@ def test_api_key_full_queue_disconnect_and_sigterm_drain(serve_packages, runtime
                 assert long.status_code == 200 and next(stream)["choices"][0]["delta"]["role"] == "assistant"
                 assert live.metric("trtcompile_slots_in_use", model="llama") == 1
                 with pytest.raises(openai.RateLimitError) as err:
-                    cl.chat.completions.create(model="llama", messages=[{"role": "user", "content": "w5"}], max_tokens=2)
+                    cl.chat.completions.create(model="llama", messages=[{"role": "user", "content": "w5"}],
+                                               max_tokens=2)
                 assert err.value.status_code == 429 and int(err.value.response.headers["Retry-After"]) >= 1
                 assert err.value.body["code"] == "queue_full"
                 closed = time.monotonic()
