@@ -1,10 +1,12 @@
 """`trtcompile serve` under load: streaming clients against a live server, and the runtime called directly.
 
     trtcompile bench serve [--clients 1,4,16] [--prompt 32] [--new-tokens 64] [--rounds 3] [--threads 1]
+                           [--packages DIR]   # compile once into DIR, reuse on later runs
     python -m trtcompile.bench.serve
 
-Compiles (once, into a temporary directory) the randomly initialised Llama of `bench generate`
-(7.3M parameters, vocab 8192, no eos: every request runs to max_tokens) and a small BERT
+Compiles (into a temporary directory, or --packages) the randomly initialised Llama of `bench
+generate` (7.3M parameters, vocab 8192, no eos: every request runs to max_tokens; the default
+decoder profile, whose decode batch is the runtime's slots) and a small BERT
 (hidden 128, 2 layers), starts `trtcompile serve` on both as a separate process on 127.0.0.1, and
 drives it with N concurrent streaming clients (httpx, /v1/completions with token-id prompts,
 greedy). Per request: TTFT (request sent -> first token event), TPOT ((last - first token) /
@@ -33,24 +35,19 @@ import numpy as np
 from trtcompile.bench.common import print_table
 
 
-def build_packages(root: Path, max_batch: int, prompt: int, new_tokens: int) -> tuple[Path, Path]:
+def build_packages(root: Path, max_batch: int) -> tuple[Path, Path]:
     import torch
     import transformers as tf
     import yaml
 
     from trtcompile.bench.generate import bench_config
     from trtcompile.compile import compile_package
-    from trtcompile.export.kv_cache import decoder_profile_inputs
     from trtcompile.progress import Progress
 
     torch.manual_seed(0)
     tf.LlamaForCausalLM(bench_config()).eval().save_pretrained(root / "llama-ck")
-    context = max(256, prompt + new_tokens)
-    profile = {"inputs": decoder_profile_inputs(), "buckets": {
-        "prefill": {"batch": [1, 1, max_batch], "sequence": [1, prompt, max(prompt, 64)], "past_sequence": [0, 0, 0]},
-        "decode": {"batch": [1, 1, max_batch], "sequence": [1, 1, 1], "past_sequence": [1, context // 2, context - 1]}}}
-    (root / "llama.yaml").write_text(yaml.safe_dump(profile))
-    compile_package(str(root / "llama-ck"), root / "llama", profile_path=root / "llama.yaml", progress=Progress())
+    # The default decoder profile, whatever the KV-cache form: its decode batch is the runtime's slots.
+    compile_package(str(root / "llama-ck"), root / "llama", progress=Progress())
 
     bert = tf.BertConfig(vocab_size=8192, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
                          intermediate_size=512, max_position_embeddings=256)
@@ -182,6 +179,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads (server and direct)")
     parser.add_argument("--max-batch", type=int, default=16)
     parser.add_argument("--embed-seconds", type=float, default=3.0)
+    parser.add_argument("--packages", type=Path, help="keep the compiled packages here and reuse them next time")
     args = parser.parse_args(argv)
     levels = [int(c) for c in args.clients.split(",")]
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -193,7 +191,12 @@ def main(argv: list[str] | None = None) -> None:
     inputs = [rng.integers(3, 8192, int(n)).tolist() for n in rng.integers(8, 32, 16)]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        llama, bert = build_packages(tmp, args.max_batch, args.prompt, args.new_tokens)
+        where = args.packages or tmp
+        where.mkdir(parents=True, exist_ok=True)
+        if (where / "llama" / "manifest.json").is_file() and (where / "bert" / "manifest.json").is_file():
+            llama, bert = where / "llama", where / "bert"
+        else:
+            llama, bert = build_packages(where, args.max_batch)
         proc, url = start_server(llama, bert, args.threads, args.max_batch, tmp / "server.log")
         try:
             model = runtime.load(llama, backend="onnxruntime", threads=args.threads)
