@@ -6,7 +6,8 @@
 
 Compiles (into a temporary directory, or --packages) the randomly initialised Llama of `bench
 generate` (7.3M parameters, vocab 8192, no eos: every request runs to max_tokens; the default
-decoder profile, whose decode batch is the runtime's slots) and a small BERT
+decoder profile with its decode batch -- the slots of a continuous-batching runtime -- raised to
+--max-batch, 16) and a small BERT
 (hidden 128, 2 layers), starts `trtcompile serve` on both as a separate process on 127.0.0.1, and
 drives it with N concurrent streaming clients (httpx, /v1/completions with token-id prompts,
 greedy). Per request: TTFT (request sent -> first token event), TPOT ((last - first token) /
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import inspect
 import json
 import os
 import signal
@@ -42,12 +44,20 @@ def build_packages(root: Path, max_batch: int) -> tuple[Path, Path]:
 
     from trtcompile.bench.generate import bench_config
     from trtcompile.compile import compile_package
+    from trtcompile.export import kv_cache
     from trtcompile.progress import Progress
 
     torch.manual_seed(0)
-    tf.LlamaForCausalLM(bench_config()).eval().save_pretrained(root / "llama-ck")
-    # The default decoder profile, whatever the KV-cache form: its decode batch is the runtime's slots.
-    compile_package(str(root / "llama-ck"), root / "llama", progress=Progress())
+    config = bench_config()
+    tf.LlamaForCausalLM(config).eval().save_pretrained(root / "llama-ck")
+    # The default decoder profile of the default KV-cache form, with a decode batch (the slots of a
+    # continuous-batching runtime) of --max-batch, so that many clients decode together.
+    form = {"kv_cache": "static"} if "kv_cache" in inspect.signature(kv_cache.default_profile).parameters else {}
+    profile = kv_cache.default_profile(config.to_dict(), **form)
+    for bucket in profile["buckets"].values():
+        bucket["batch"][2] = max(bucket["batch"][2], max_batch)
+    (root / "llama.yaml").write_text(yaml.safe_dump(profile))
+    compile_package(str(root / "llama-ck"), root / "llama", profile_path=root / "llama.yaml", progress=Progress())
 
     bert = tf.BertConfig(vocab_size=8192, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
                          intermediate_size=512, max_position_embeddings=256)
