@@ -4,10 +4,11 @@ on worker threads, tokens handed to the event loop.
 How many requests decode at once is the runtime's business. A package whose Model says how many
 requests it decodes together (`model.slots`: static-cache packages on the continuous-batching
 runtime) gets min(slots, --max-batch) worker threads, each iterating its own `model.submit()`
-request; the runtime batches them step by step. A package without slots (the runtime before continuous batching, or a
-concat-cache package) serves one `model.stream()` at a time, so one worker thread does, under a
-lock, and the rest queue. Either way the server's admission (slots.py) bounds the queue in front,
-and never hands the runtime more requests than it has slots, so none waits inside the runtime.
+request; the runtime batches them step by step. A package without slots (the runtime before
+continuous batching, or a concat-cache package) serves one `model.stream()` at a time, so one
+worker thread does, under a lock, and the rest queue. Either way the server's admission
+(slots.py) bounds the queue in front, and never hands the runtime more requests than it has
+slots, so none waits inside the runtime.
 
 A client that goes away, or a stop string that matched, cancels its request: a runtime request's
 cancel() frees its slot at the runtime's next step; a stream() generator is closed by the worker
