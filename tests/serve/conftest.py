@@ -16,10 +16,6 @@ import pytest
 ROOT = Path(__file__).parent.parent.parent
 sys.path.insert(0, str(Path(__file__).parent))
 
-pytest.importorskip("starlette")
-pytest.importorskip("uvicorn")
-pytest.importorskip("openai")
-
 
 def free_port() -> int:
     with socket.socket() as s:

@@ -15,10 +15,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import numpy as np
-import openai
 import pytest
 
 from conftest import LiveServer
+
+openai = pytest.importorskip("openai")
+pytest.importorskip("starlette")  # the server's own libraries (trtcompile[serve])
+pytest.importorskip("uvicorn")
 
 LONG_PROMPT = "w7 w8 w9"    # greedy: 2000 tokens without an eos (seconds of decoding)
 EOS_PROMPT = "w10 w11"      # greedy: 3 tokens, then the eos
