@@ -53,3 +53,19 @@ def test_stop_strings_cut_the_text_before_them(tokenizer, stops, expected):
     for d in deltas:  # no delta ever shows part of a stop string that is later cut
         emitted += d
         assert expected.startswith(emitted)
+
+
+def test_padding_and_truncation_in_tokenizer_json_are_ignored(tmp_path):
+    """all-MiniLM-L6-v2's tokenizer.json pads every text to 128 tokens and truncates at 128: mean
+    pooling over those pads gave embeddings off by 0.4. The server pads batches itself, and refuses
+    (never cuts) an input longer than the package takes."""
+    tokenizers = pytest.importorskip("tokenizers")
+    vocab = {"[PAD]": 0, "[UNK]": 1, **{f"w{i}": i for i in range(2, 50)}}
+    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    tok.enable_padding(length=16, pad_id=0, pad_token="[PAD]")
+    tok.enable_truncation(max_length=8)
+    tok.save(str(tmp_path / "tokenizer.json"))
+    text = " ".join(f"w{i}" for i in range(2, 14))  # 12 words
+    assert len(tokenizers.Tokenizer.from_file(str(tmp_path / "tokenizer.json")).encode(text).ids) == 8
+    assert PackageTokenizer(tmp_path).encode(text) == list(range(2, 14))

@@ -22,6 +22,10 @@ class PackageTokenizer:
             from tokenizers import Tokenizer
 
             tok = Tokenizer.from_file(str(directory / "tokenizer.json"))
+            # A tokenizer.json may carry padding and truncation (all-MiniLM-L6-v2's pads every text
+            # to 128 tokens): the server pads batches itself and refuses, never cuts, a long input.
+            tok.no_padding()
+            tok.no_truncation()
             self._encode = lambda text, special: tok.encode(text, add_special_tokens=special).ids
             self._decode = lambda ids: tok.decode(ids, skip_special_tokens=True)
             self.token_to_id = tok.token_to_id
