@@ -67,5 +67,6 @@ def test_padding_and_truncation_in_tokenizer_json_are_ignored(tmp_path):
     tok.enable_truncation(max_length=8)
     tok.save(str(tmp_path / "tokenizer.json"))
     text = " ".join(f"w{i}" for i in range(2, 14))  # 12 words
-    assert len(tokenizers.Tokenizer.from_file(str(tmp_path / "tokenizer.json")).encode(text).ids) == 8
+    raw = tokenizers.Tokenizer.from_file(str(tmp_path / "tokenizer.json")).encode(text).ids
+    assert raw == list(range(2, 10)) + [0] * 8  # cut at 8, padded to 16
     assert PackageTokenizer(tmp_path).encode(text) == list(range(2, 14))
