@@ -10,7 +10,6 @@ bug. A request whose client went away is recorded with status 499 (nobody receiv
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hmac
 import json
@@ -26,13 +25,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from trtcompile.serve.completion import ClientGone, ClientWatch, Completion, sse
 from trtcompile.serve.embeddings import EmbeddingService
-from trtcompile.serve.generation import GenerationService, TokenStream
+from trtcompile.serve.generation import GenerationService
 from trtcompile.serve.metrics import ServerMetrics
 from trtcompile.serve.protocol import (APIError, ChatCompletionRequest, CompletionRequest, EmbeddingRequest,
                                        parse)
 from trtcompile.serve.slots import QueueFull
-from trtcompile.serve.text import TextAssembler
 
 log = logging.getLogger("trtcompile.serve")
 
@@ -58,110 +57,6 @@ class ServedModel:
         else:
             card.update(self.service.describe())
         return card
-
-
-class ClientGone(Exception):
-    """The client disconnected before the answer was ready."""
-
-
-class ClientWatch:
-    """Learns that a request's client went away (ASGI http.disconnect) and calls `on_gone` once."""
-
-    def __init__(self, request: Request):
-        self.gone = asyncio.Event()
-        self.on_gone = lambda: None
-        self.task = asyncio.create_task(self._watch(request.receive))
-
-    async def _watch(self, receive) -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass
-        self.gone.set()
-        self.on_gone()
-
-    async def race(self, awaitable):
-        """awaitable's result, or ClientGone if the client leaves first (the awaitable is cancelled)."""
-        work = asyncio.ensure_future(awaitable)
-        gone = asyncio.ensure_future(self.gone.wait())
-        await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
-        if work.done():
-            gone.cancel()
-            return work.result()
-        work.cancel()
-        try:
-            await work
-        except BaseException:
-            pass
-        raise ClientGone()
-
-    def close(self) -> None:
-        self.task.cancel()
-
-
-class Completion:
-    """One generation request's tokens turned into text, finish_reason and usage, with its metrics."""
-
-    def __init__(self, served: ServedModel, stream: TokenStream, prompt_tokens: int, max_tokens: int,
-                 stop_strings: list[str], arrival: float):
-        self.service: GenerationService = served.service
-        self.stream, self.prompt_tokens, self.max_tokens = stream, prompt_tokens, max_tokens
-        self.text = TextAssembler(self.service.tokenizer, stop_strings) if self.service.tokenizer else None
-        self.ids: list[int] = []
-        self.finish_reason: str | None = None
-        self.arrival = self.last = arrival
-
-    def take(self, tokens: list[int]) -> str:
-        """Text these tokens add; sets finish_reason when they end the completion."""
-        now = time.perf_counter()
-        service = self.service
-        if not self.ids:
-            service.ttft.observe(now - self.arrival)
-            tokens_after_first = len(tokens) - 1
-        else:
-            tokens_after_first = len(tokens)
-        for _ in range(tokens_after_first):  # tokens that arrived together share the gap
-            service.tpot.observe((now - self.last) / tokens_after_first)
-        self.last = now
-        service.metrics.tokens(service.generated, len(tokens))
-        delta = []
-        for token in tokens:
-            if self.finish_reason:
-                break
-            self.ids.append(token)
-            if token in self.service.stop_ids:
-                self.finish_reason = "stop"  # the stop token itself is counted, never shown
-            elif self.text is not None:
-                delta.append(self.text.add(token))
-                if self.text.stopped:
-                    self.finish_reason = "stop"
-            else:
-                delta.append(f"{token} ")
-            if not self.finish_reason and len(self.ids) >= self.max_tokens:
-                self.finish_reason = "length"
-        if self.finish_reason:
-            self.stream.cancel()  # a stop string: the runtime need not go on
-            if self.text is not None:
-                delta.append(self.text.finish())
-        return "".join(delta)
-
-    async def deltas(self, first: int):
-        """Text deltas until the completion ends; each covers every token that was ready."""
-        yield self.take([first])
-        while not self.finish_reason:
-            token = await self.stream.next()
-            if token is None:  # the runtime ended without a stop token or the length (it should not)
-                self.finish_reason = "length" if len(self.ids) >= self.max_tokens else "stop"
-                if self.text is not None:
-                    yield self.text.finish()
-                return
-            yield self.take([token, *self.stream.ready()])
-
-    def usage(self) -> dict:
-        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": len(self.ids),
-                "total_tokens": self.prompt_tokens + len(self.ids)}
-
-
-def _sse(obj) -> bytes:
-    return b"data: " + json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode() + b"\n\n"
 
 
 class Server:
@@ -234,7 +129,7 @@ class Server:
                 raise APIError(400, str(exc), param="messages" if chat else "prompt", code="invalid_request")
             if first is None:
                 raise RuntimeError("the runtime produced no token")
-            completion = Completion(served, stream, len(prompt), max_tokens, req.stop_strings, arrival)
+            completion = Completion(served.service, stream, len(prompt), max_tokens, req.stop_strings, arrival)
             if req.stream:
                 body = self._events(completion, first, served.name, chat, req.include_usage, watch)
                 watch = None  # the event stream owns it now
@@ -272,7 +167,7 @@ class Server:
                 choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
             else:
                 choice = {"index": 0, "text": text or "", "finish_reason": finish, "logprobs": None}
-            return _sse({**head, "choices": [choice], **({"usage": None} if include_usage else {})})
+            return sse({**head, "choices": [choice], **({"usage": None} if include_usage else {})})
 
         # The per-token event is this template with the text spliced in: one json.dumps of a string
         # instead of the whole event, on the path every token takes.
@@ -293,10 +188,10 @@ class Server:
                     yield text_chunk(delta)
             yield chunk(None, completion.finish_reason)
             if include_usage:
-                yield _sse({**head, "choices": [], "usage": completion.usage()})
+                yield sse({**head, "choices": [], "usage": completion.usage()})
         except Exception as exc:  # mid-stream: the status is sent; say it in the stream, then end it
             log.exception("generation failed mid-stream")
-            yield _sse({"error": {"message": f"generation failed: {exc}", "type": "server_error",
+            yield sse({"error": {"message": f"generation failed: {exc}", "type": "server_error",
                                   "param": None, "code": None}})
         finally:
             completion.stream.cancel()
