@@ -54,7 +54,7 @@ def run_package(package: Path, inputs: Path | None, dims: tuple[str, ...], backe
     lines += [f"  out {k}: {v.dtype} {list(v.shape)}  mean {float(np.mean(v)):.5g}  std {float(np.std(v)):.5g}"
               for k, v in outputs.items()]
     if iterations > 1:
-        from trtcompile.bench.common import time_fn
+        from trtcompile.timing import time_fn
 
         t = time_fn(lambda: model.run(feeds), warmup=min(5, iterations), iters=iterations)
         lines.append(f"latency over {t.iters} runs: median {t.median_ms:.3f} ms, p99 {t.p99_ms:.3f} ms")

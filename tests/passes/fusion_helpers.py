@@ -8,7 +8,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from helpers import assert_close, ort_run
-from trtcompile.graph_check import check_graph
+from trtcompile.graph.check import check_graph
 from trtcompile.onnx_io import op_histogram, to_model
 from trtcompile.passes import PassContext, run_pipeline
 from trtcompile.passes.fold_constants import fold_constants

@@ -47,7 +47,7 @@ def _fuse(model, *, info: ModelInfo | None = None):
 
 
 def _apply_with(model, info):
-    from trtcompile.graph_check import check_graph
+    from trtcompile.graph.check import check_graph
     from trtcompile.onnx_io import to_model
 
     ctx = PassContext(model=info)

@@ -13,7 +13,7 @@ import pytest
 from helpers import cosine, ort_run
 from tiny_onnx import export, token_feeds
 
-from trtcompile.graph_check import check_graph
+from trtcompile.graph.check import check_graph
 from trtcompile.passes import PassContext
 from trtcompile.passes.convert_fp16 import convert_bf16, convert_fp16, convert_float
 from trtcompile.passes.precision import precision_passes

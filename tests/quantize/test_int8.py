@@ -15,7 +15,7 @@ from helpers import cosine, ort_run
 from tiny_onnx import export, token_feeds
 
 from trtcompile.errors import UserError
-from trtcompile.graph_check import check_graph
+from trtcompile.graph.check import check_graph
 from trtcompile.passes import ModelInfo, PassContext
 from trtcompile.quantize import quantize_int8
 from trtcompile.quantize.qdq import check_placement

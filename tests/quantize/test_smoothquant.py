@@ -9,7 +9,7 @@ from helpers import ort_run
 from tiny_onnx import export, token_feeds
 
 from trtcompile.passes.convert_fp16 import with_types
-from trtcompile.passes.report import PassReport
+from trtcompile.graph.report import PassReport
 from trtcompile.quantize.calibrate import collect
 from trtcompile.quantize.qdq import find_targets
 from trtcompile.quantize.smoothquant import smooth

@@ -3,36 +3,9 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Callable
 
-import numpy as np
-
-
-@dataclass(frozen=True)
-class Timing:
-    median_ms: float
-    p99_ms: float
-    mean_ms: float
-    iters: int
-
-    def ratio_to(self, base: "Timing") -> float:
-        return self.median_ms / base.median_ms
-
-
-def time_fn(fn: Callable[[], object], *, warmup: int = 5, iters: int = 50, max_seconds: float = 20.0) -> Timing:
-    """Median and p99 wall time of fn() in ms, after warmup; stops early after max_seconds."""
-    for _ in range(warmup):
-        fn()
-    samples = []
-    deadline = time.perf_counter() + max_seconds
-    for _ in range(iters):
-        start = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - start) * 1e3)
-        if time.perf_counter() > deadline and len(samples) >= 5:
-            break
-    return _timing(samples)
+from trtcompile.timing import Timing, time_fn, timing_of  # noqa: F401 - the benchmarks' timing lives with the runtime's
 
 
 def time_interleaved(fns: dict[str, Callable[[], object]], *, warmup: int = 5, iters: int = 50, block: int = 10,
@@ -61,12 +34,7 @@ def time_interleaved(fns: dict[str, Callable[[], object]], *, warmup: int = 5, i
             on_round(r + 1, rounds)
         if time.perf_counter() > deadline and r >= 2:
             break
-    return {name: _timing(s) for name, s in samples.items()}
-
-
-def _timing(samples: list[float]) -> Timing:
-    arr = np.asarray(samples)
-    return Timing(float(np.median(arr)), float(np.percentile(arr, 99)), float(arr.mean()), len(samples))
+    return {name: timing_of(s) for name, s in samples.items()}
 
 
 def print_table(title: str, columns: list[str], rows: list[list], *, note: str | None = None) -> None:

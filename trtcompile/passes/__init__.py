@@ -12,7 +12,7 @@ from typing import Callable
 
 import onnx_graphsurgeon as gs
 
-from trtcompile.passes.context import ModelInfo, PassContext
+from trtcompile.graph.context import ModelInfo, PassContext
 from trtcompile.passes.fold_constants import fold_constants
 from trtcompile.passes.fold_shapes import fold_shapes
 from trtcompile.passes.fuse_attention import fuse_attention
@@ -21,7 +21,7 @@ from trtcompile.passes.fuse_layer_norm import fuse_layer_norm
 from trtcompile.passes.fuse_rms_norm import fuse_rms_norm
 from trtcompile.passes.fuse_rotary import fuse_rotary
 from trtcompile.passes.simplify_casts import simplify_casts
-from trtcompile.passes.report import PassReport
+from trtcompile.graph.report import PassReport
 
 log = logging.getLogger("trtcompile.passes")
 
@@ -44,7 +44,7 @@ __all__ = ["PIPELINE", "ModelInfo", "PassContext", "PassReport", "run_pipeline"]
 def run_pipeline(graph: gs.Graph, ctx: PassContext, passes: list[Pass] | None = None,
                  on_pass: Callable[[str], None] | None = None) -> tuple[gs.Graph, list[PassReport]]:
     """Run the passes in order (skipping ctx.settings.disabled_passes); return graph and reports."""
-    from trtcompile.graph_check import check_graph
+    from trtcompile.graph.check import check_graph
 
     reports = []
     for fn in PIPELINE if passes is None else passes:

@@ -30,7 +30,8 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from trtcompile.passes.context import PassContext
+from trtcompile.graph.context import PassContext
+from trtcompile.graph.types import with_types  # noqa: F401 - also used by quantize/ through graph/
 
 FP16_MAX = 65504.0
 # Magnitudes above this on sample data mean the value would overflow (or nearly) in FP16.
@@ -267,17 +268,6 @@ def _keep_variance_chains(graph: gs.Graph, keep: dict[str, str]) -> None:
                 frontier.extend(consumer.outputs[0].outputs)
 
 
-def with_types(graph: gs.Graph) -> gs.Graph:
-    """The graph re-imported after ONNX shape inference, so every tensor knows its dtype."""
-    model = gs.export_onnx(graph)
-    model.ir_version = min(model.ir_version, 10)
-    try:
-        model = onnx.shape_inference.infer_shapes(model, data_prop=True)
-    except Exception:  # noqa: BLE001 - inference is best effort; unknown dtypes are left alone
-        pass
-    return gs.import_onnx(model)
-
-
 def sample_inputs(graph: gs.Graph, batch: int = 1, sequence: int = 16, seed: int = 0) -> dict[str, np.ndarray]:
     """Plausible inputs from the graph alone: token ids below the embedding table's size, masks of ones."""
     from trtcompile.runtime.shapes import dim_terms, eval_dim
@@ -319,7 +309,7 @@ def sample_inputs(graph: gs.Graph, batch: int = 1, sequence: int = 16, seed: int
 
 def float_peaks(graph: gs.Graph, feeds: list[dict[str, np.ndarray]]) -> dict[str, float]:
     """Max |value| of every FP32 intermediate over the feeds (sentinels >= 1e30 and inf ignored)."""
-    from trtcompile.quantize.calibrate import ort_session
+    from trtcompile.graph.session import ort_session
 
     model = gs.export_onnx(graph)
     model.ir_version = min(model.ir_version, 10)

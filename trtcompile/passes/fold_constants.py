@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import onnx_graphsurgeon as gs
 
-from trtcompile.passes.context import PassContext
+from trtcompile.graph.context import PassContext
 
 
 def fold_constants(graph: gs.Graph, ctx: PassContext) -> gs.Graph:

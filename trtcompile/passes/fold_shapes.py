@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from trtcompile.passes.context import PassContext
+from trtcompile.graph.context import PassContext
 
 
 def infer_shapes(graph: gs.Graph) -> int:

@@ -58,7 +58,7 @@ import onnx_graphsurgeon as gs
 from trtcompile.passes._opset import default_opset, ensure_opset
 from trtcompile.passes.attention_masks import (MASK_FILL_MAX, Mask, expand_mask, is_causal, is_noop,
                                                mask_input)
-from trtcompile.passes.context import PassContext
+from trtcompile.graph.context import PassContext
 from trtcompile.passes._match import const_value, producer, rank
 from trtcompile.passes._match import scalar as scalar_value
 from trtcompile.passes.patterns import NameScope, ShapeProbe, infer_missing_shapes, repeat_kv_source, shape_value, sym_dims

@@ -22,7 +22,7 @@ import onnx_graphsurgeon as gs
 
 from trtcompile.passes._match import escapes, is_scalar, other_input, producer, single_consumer, split_const
 from trtcompile.passes._opset import raise_for_matches
-from trtcompile.passes.context import PassContext
+from trtcompile.graph.context import PassContext
 
 OPSET = 20
 _SQRT2 = math.sqrt(2.0)

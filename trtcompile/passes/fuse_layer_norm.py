@@ -24,7 +24,7 @@ import onnx_graphsurgeon as gs
 from trtcompile.passes._match import axis_is_last, rank, reduce_axes, single_consumer
 from trtcompile.passes._norm import claim, match_affine, match_normalize, squared_input
 from trtcompile.passes._opset import raise_for_matches
-from trtcompile.passes.context import PassContext
+from trtcompile.graph.context import PassContext
 
 OPSET = 17
 

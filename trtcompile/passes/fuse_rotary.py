@@ -33,7 +33,7 @@ import onnx_graphsurgeon as gs
 from trtcompile.passes._match import (const_value, escapes, other_input, producer, rank, scalar, single_consumer,
                                       split_const)
 from trtcompile.passes._opset import raise_for_matches
-from trtcompile.passes.context import PassContext
+from trtcompile.graph.context import PassContext
 
 OPSET = 23
 _UNARY = ("Cos", "Sin", "Cast", "Identity", "Neg")

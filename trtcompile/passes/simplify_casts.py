@@ -18,7 +18,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 from onnx.helper import tensor_dtype_to_np_dtype
 
-from trtcompile.passes.context import PassContext
+from trtcompile.graph.context import PassContext
 
 
 def _same_type(node: gs.Node) -> bool:

@@ -11,35 +11,8 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
+from trtcompile.graph.session import ort_session  # noqa: F401 - calibration runs through it
 from trtcompile.quantize.ranges import AbsHistogram
-
-_INLINE_LIMIT = 2**31 - 2**24  # protobuf's 2 GB, less headroom
-
-
-def ort_session(model: onnx.ModelProto, *, optimize: bool = False, threads: int | None = None):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
-                                     else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
-    opts.log_severity_level = 3
-    if threads:
-        opts.intra_op_num_threads = threads
-    model.ir_version = min(model.ir_version, 10)
-    if model.ByteSize() < _INLINE_LIMIT:
-        return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    # Over protobuf's 2 GB: through a temp file with external weights, kept as long as the session.
-    import tempfile
-    from pathlib import Path
-
-    from trtcompile.onnx_io import save_model
-
-    tmp = tempfile.TemporaryDirectory(prefix="trtcompile-ort-")
-    path = save_model(model, Path(tmp.name) / "model.onnx")
-    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    session._trtcompile_tmp = tmp
-    return session
-
 
 def collect(model: onnx.ModelProto, tensors: list[str], feeds: list[dict[str, np.ndarray]], *,
             per_channel: bool = False, sample_rows: int = 0,

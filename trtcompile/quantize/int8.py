@@ -18,8 +18,8 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from trtcompile.errors import UserError
-from trtcompile.passes.context import PassContext
-from trtcompile.passes.report import PassReport
+from trtcompile.graph.context import PassContext
+from trtcompile.graph.report import PassReport
 from trtcompile.settings import CALIBRATION_METHODS, CalibrationSettings
 
 log = logging.getLogger("trtcompile.quantize")
@@ -31,9 +31,10 @@ def quantize_int8(model: onnx.ModelProto, calibration: list[dict[str, np.ndarray
                   settings: CalibrationSettings, ctx: PassContext,
                   evaluation: list[dict[str, np.ndarray]] | None = None) -> onnx.ModelProto:
     """The FP32 `model` with calibrated Q/DQ on its MatMul/Gemm inputs; report in `ctx.report`."""
-    from trtcompile.passes.convert_fp16 import with_types
+    from trtcompile.graph.session import ort_session
+    from trtcompile.graph.types import with_types
     from trtcompile.quantize.accuracy import compare, run_all
-    from trtcompile.quantize.calibrate import collect, ort_session
+    from trtcompile.quantize.calibrate import collect
     from trtcompile.quantize.qdq import find_targets, insert_qdq
     from trtcompile.quantize.ranges import activation_amax
     from trtcompile.quantize.smoothquant import smooth
@@ -157,9 +158,9 @@ def _rest_to_fp16(model, ctx: PassContext, report: PassReport, feeds, reference,
     """Everything not INT8 to FP16 (convert_fp16 on the Q/DQ graph, its FP32 islands kept)."""
     from dataclasses import replace
 
-    from trtcompile.passes.convert_fp16 import convert_float
+    from trtcompile.graph.session import ort_session
+    from trtcompile.passes.convert_fp16 import convert_float  # the FP16 pass itself; see tests/test_layering.py
     from trtcompile.quantize.accuracy import compare, run_all
-    from trtcompile.quantize.calibrate import ort_session
 
     sub = PassContext(settings=replace(ctx.settings, precision="int8"), model=ctx.model,
                       report=PassReport("convert_fp16"))
