@@ -50,6 +50,7 @@ def package_stage(model: onnx.ModelProto, out: Path, *, reports: list, warnings:
 
     validate_settings(build)  # also where no engine can be built: a bad option is an error everywhere
     from trtcompile.package import MODEL_FILE, TOKENIZER_DIR, PackageWriter, new_manifest, write_model_files
+    from trtcompile.runtime.shapes import Bucket, TensorSpec
 
     meta = read_metadata(model)
     with PackageWriter(out) as pkg:
@@ -59,9 +60,10 @@ def package_stage(model: onnx.ModelProto, out: Path, *, reports: list, warnings:
             manifest["tokenizer"] = TOKENIZER_DIR
         reason = engine_unavailable_reason()
         if reason is None:
-            loaded = Manifest(pkg.tmp, manifest)
-            with progress.stage("build", f"{len(loaded.buckets)} TensorRT engine(s)"):
-                manifest["engines"] = build_engines(pkg.path(MODEL_FILE), loaded.inputs, loaded.buckets, build,
+            inputs = [TensorSpec.from_dict(t) for t in manifest["inputs"]]
+            buckets = [Bucket.from_dict(b) for b in manifest["buckets"]]
+            with progress.stage("build", f"{len(buckets)} TensorRT engine(s)"):
+                manifest["engines"] = build_engines(pkg.path(MODEL_FILE), inputs, buckets, build,
                                                     pkg.tmp, on_progress=progress.step)
         elif build.require_engine:
             raise UserError(f"no TensorRT engine can be built here: {reason}",

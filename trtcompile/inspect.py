@@ -11,26 +11,26 @@ def describe(target: Path, *, as_json: bool = False, show_passes: bool = False) 
         return _describe_onnx(target)
     from trtcompile.runtime.manifest import read_manifest
 
-    manifest = read_manifest(target, check_files=False)
-    data = manifest.data
+    manifest = read_manifest(target, check_files=False)  # validated against the one schema
+    data, model = manifest.data, manifest.schema.model
     if as_json:
         return json.dumps(data, indent=2)
     lines = [f"package {target}  (trtcompile {data.get('trtcompile_version')}, {data.get('created')})",
-             f"model     {data['model']['name']}  [{data['model']['task']}]  from {data['model']['source']}",
-             f"precision {data['precision']}", "", "inputs"]
-    for t in data["inputs"]:
-        rng = f"  values in [{t['value_range'][0]}, {t['value_range'][1]})" if t.get("value_range") else ""
-        lines.append(f"  {t['name']:<28} {t['dtype']:<8} {t['shape']}{rng}")
+             f"model     {model.name}  [{model.task}]  from {model.source}",
+             f"precision {manifest.precision}", "", "inputs"]
+    for t in manifest.inputs:
+        rng = f"  values in [{t.value_range[0]}, {t.value_range[1]})" if t.value_range else ""
+        lines.append(f"  {t.name:<28} {t.dtype:<8} {t.shape}{rng}")
     lines.append("outputs")
-    for t in data["outputs"]:
-        lines.append(f"  {t['name']:<28} {t['dtype']:<8} {t['shape']}")
-    lines += ["", f"buckets   (profile: {data['profile'].get('origin')})"]
-    for b in data["buckets"]:
-        lines.append(f"  {b['name']:<12} " + "  ".join(f"{d} {lo}..{hi} (opt {opt})"
-                                                    for d, (lo, opt, hi) in b["dims"].items()))
+    for t in manifest.outputs:
+        lines.append(f"  {t.name:<28} {t.dtype:<8} {t.shape}")
+    lines += ["", f"buckets   (profile: {(data.get('profile') or {}).get('origin')})"]
+    for b in manifest.buckets:
+        lines.append(f"  {b.name:<12} " + "  ".join(f"{d} {lo}..{hi} (opt {opt})"
+                                                  for d, (lo, opt, hi) in b.dims.items()))
     lines += ["", "engines"]
     if not data.get("engines"):
-        lines.append(f"  none: {data['build'].get('engines_skipped', 'not built')}")
+        lines.append(f"  none: {(data.get('build') or {}).get('engines_skipped') or 'not built'}")
     for e in data.get("engines", []):
         flags = e.get("build_flags", {})
         served = ", ".join(f"{p['bucket']} (profile {p['index']})" for p in _profiles(e))
@@ -55,7 +55,7 @@ def describe(target: Path, *, as_json: bool = False, show_passes: bool = False) 
         lines += ["", f"accuracy  vs reference on {len(acc['cases'])} shapes ({acc['backend']}, {acc['rule']})"]
         for name, w in acc["worst"].items():
             lines.append(f"  {name:<28} max abs {w['max_abs']:.3g}  min cosine {w['min_cosine']:.6f}")
-    timings = data.get("build", {}).get("timings_s", {})
+    timings = (data.get("build") or {}).get("timings_s") or {}
     if timings:
         lines += ["", "timings   " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items())]
     return "\n".join(lines)

@@ -13,12 +13,23 @@ from pathlib import Path
 
 import numpy as np
 
+from trtcompile.runtime.checks import check_values, generation_options
 from trtcompile.runtime.manifest import Manifest, PackageError, read_manifest
 from trtcompile.runtime.shapes import Bucket, InputError, TensorSpec, bucket_for
 
-__all__ = ["BACKENDS", "BackendFallbackWarning", "Bucket", "InputError", "Model", "PackageError", "TensorSpec", "load"]
+__all__ = ["BACKENDS", "BackendFallbackWarning", "Bucket", "InputError", "Model", "ModelClosedError", "PackageError",
+           "RunError", "TensorSpec", "load"]
 
 BACKENDS = ("auto", "tensorrt", "onnxruntime")
+
+
+class RunError(PackageError):
+    """The backend failed on a call that the manifest allows: the package does not hold what its
+    manifest promises (e.g. a bucket edited beyond what the model supports)."""
+
+
+class ModelClosedError(RuntimeError):
+    """A Model used after close()."""
 
 
 class Model:
@@ -27,20 +38,45 @@ class Model:
     def __init__(self, manifest: Manifest, backend):
         self.manifest = manifest
         self.backend = backend
+        self._backend_name = backend.name
         self.inputs: list[TensorSpec] = manifest.inputs
         self.outputs: list[TensorSpec] = manifest.outputs
         self.buckets: list[Bucket] = manifest.buckets
 
     @property
     def backend_name(self) -> str:
-        return self.backend.name
+        return self._backend_name
 
     def bucket_for(self, feeds: dict[str, np.ndarray]) -> Bucket:
         return bucket_for(self.buckets, self.inputs, feeds)
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run one call; raises InputError naming the input, value and allowed range on bad input."""
-        return self.backend.run(feeds, self.bucket_for(feeds))
+        """Run one call; raises InputError naming the input, value and allowed range on bad input,
+        RunError (naming the bucket and shapes) when the backend fails on an allowed one."""
+        self._check_open()
+        bucket = self.bucket_for(feeds)
+        check_values(self.inputs, feeds)
+        try:
+            return self.backend.run(feeds, bucket)
+        except (InputError, PackageError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - ORT/TensorRT raise their own types; say what the call was
+            raise self._run_error(exc, bucket, feeds) from exc
+
+    def _run_error(self, exc: Exception, bucket: Bucket, feeds: dict[str, np.ndarray]) -> RunError:
+        shapes = ", ".join(f"{k} {list(v.shape)}" for k, v in feeds.items())
+        ranges = ", ".join(f"{d} {lo}..{hi}" for d, (lo, _, hi) in bucket.dims.items())
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        return RunError(f"backend {self.backend_name!r} failed in bucket {bucket.name!r} ({ranges}) on {shapes}: "
+                        f"{type(exc).__name__}: {first}. The inputs fit the manifest, so the package does not "
+                        f"hold what its manifest promises: most likely a bucket reaches beyond what the model "
+                        f"supports (e.g. more positions than it has) or a file was edited; recompile the "
+                        f"package (`trtcompile compile`), with a profile inside the model's limits")
+
+    def _check_open(self) -> None:
+        if self.backend is None:
+            raise ModelClosedError(f"this model ({str(self.manifest.root)!r}) was closed; "
+                                   f"load the package again with trtcompile.runtime.load()")
 
     # Generation, for causal-LM packages (runtime/generate.py).
     _kv_cache = None  # generate.py's preallocated KV cache, reused across requests that fit
@@ -49,19 +85,26 @@ class Model:
         """Prompt + new tokens, [batch, prompt + steps]; options as in runtime.generate.generate."""
         from trtcompile.runtime.generate import generate
 
+        self._check_open()
+        max_new_tokens, options = generation_options(self.manifest, input_ids, max_new_tokens, options)
         return generate(self, input_ids, attention_mask, max_new_tokens, **options)
 
     def stream(self, input_ids, attention_mask=None, max_new_tokens: int = 32, **options):
         """An iterator of the next token per sequence, [batch] int64 per step."""
         from trtcompile.runtime.generate import stream
 
+        self._check_open()
+        max_new_tokens, options = generation_options(self.manifest, input_ids, max_new_tokens, options)
         return stream(self, input_ids, attention_mask, max_new_tokens, **options)
 
     def close(self) -> None:
+        """Free the backend's sessions/engines and buffers; using the model afterwards is an error."""
         if self._kv_cache is not None:
             self._kv_cache.close()
             self._kv_cache = None
-        self.backend.close()
+        if self.backend is not None:
+            self.backend.close()
+            self.backend = None
 
     def __enter__(self):
         return self
