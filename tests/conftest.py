@@ -24,3 +24,14 @@ def checkpoint(tmp_path_factory):
         return cache[key]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_package(checkpoint, tmp_path_factory):
+    """The tiny BERT checkpoint compiled once per session (tests/data/tiny-encoder.yaml); read-only:
+    copy it before changing anything."""
+    from trtcompile.compile import compile_package
+
+    out = tmp_path_factory.mktemp("tiny-bert-package") / "bert"
+    compile_package(str(checkpoint("bert")), out, profile_path=Path(__file__).parent / "data" / "tiny-encoder.yaml")
+    return out

@@ -39,12 +39,10 @@ REQUIRED_GENERATION = {"generation.past_inputs", "generation.present_outputs", "
 
 
 @pytest.fixture(scope="module")
-def package(checkpoint, tmp_path_factory) -> Path:
+def package(tiny_bert_package, tmp_path_factory) -> Path:
     """A tiny BERT package, plus an engine entry (its plan file listed in `files`, as a build writes it)."""
-    from trtcompile.compile import compile_package
-
     out = tmp_path_factory.mktemp("schema") / "bert"
-    compile_package(str(checkpoint("bert")), out, profile_path=DATA / "tiny-encoder.yaml")
+    shutil.copytree(tiny_bert_package, out)
     plan = b"not a real plan: the onnxruntime backend never reads it"
     (out / "engines").mkdir()
     (out / "engines" / "short.plan").write_bytes(plan)
