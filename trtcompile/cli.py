@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from trtcompile import __version__
-from trtcompile.cli_errors import user_errors
+from trtcompile.cli_errors import command_options, progress, user_errors, verbosity  # noqa: F401 - user_errors for add-ons
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 
@@ -29,8 +29,11 @@ def _options(*decorators):
 export_options = _options(
     click.option("--profile", type=click.Path(path_type=Path), help="Profile YAML (shapes and buckets); "
                  "default: derived from the model's config."),
-    click.option("--opset", type=int, default=23, show_default=True, help="ONNX opset (>= 18 with dynamo)."),
+    click.option("--opset", type=int, help="ONNX opset: 18..24 with dynamo (default 23), <= 20 with "
+                 "--legacy-exporter (default 20)."),
     click.option("--legacy-exporter", is_flag=True, help="Use the TorchScript exporter (opset <= 20)."),
+    click.option("--trust-remote-code", is_flag=True, help="Run the Python code a checkpoint ships (config.json "
+                 "auto_map). Off by default: read that code first."),
 )
 optimize_options = _options(
     click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True),
@@ -42,7 +45,7 @@ optimize_options = _options(
                  help="INT8: .npz of inputs, or a text file (tokenized with the model's tokenizer)."),
     click.option("--calibration-method", type=click.Choice(("minmax", "percentile", "entropy")),
                  default="minmax", show_default=True),
-    click.option("--calibration-samples", type=int, default=64, show_default=True),
+    click.option("--calibration-samples", type=click.IntRange(min=1), default=64, show_default=True),
     click.option("--smoothquant-alpha", default="auto", show_default=True, metavar="ALPHA|auto|off",
                  callback=lambda ctx, param, value: _smoothquant(value),
                  help="INT8: SmoothQuant migration strength in [0, 1], 'auto' (searched per layer) or 'off'."),
@@ -72,7 +75,7 @@ def _smoothquant(value: str):
 build_options = _options(
     click.option("--opt-level", type=click.IntRange(0, 5), default=3, show_default=True,
                  help="TensorRT builder optimization level."),
-    click.option("--workspace", "workspace_mib", type=int, help="Workspace limit in MiB."),
+    click.option("--workspace", "workspace_mib", type=click.IntRange(min=1), help="Workspace limit in MiB."),
     click.option("--timing-cache", type=click.Path(path_type=Path), help="Timing cache to reuse and update."),
     click.option("--hardware-compat", type=click.Choice(("none", "ampere_plus", "same_compute_capability")),
                  default="none", show_default=True),
@@ -88,10 +91,12 @@ build_options = _options(
 )
 
 
-def export_settings(opset, legacy_exporter, **_):
+def export_settings(opset, legacy_exporter, trust_remote_code=False, **_):
+    from trtcompile.preflight import default_opset
     from trtcompile.settings import ExportSettings
 
-    return ExportSettings(opset=opset, dynamo=not legacy_exporter)
+    return ExportSettings(opset=default_opset(legacy_exporter) if opset is None else opset, dynamo=not legacy_exporter,
+                          trust_remote_code=trust_remote_code)
 
 
 def optimize_settings(precision, disabled_passes, keep_io_fp32, **_):
@@ -120,6 +125,21 @@ def build_settings(opt_level, workspace_mib, timing_cache, hardware_compat, vers
                          require_engine=require_engine)
 
 
+def verify_settings(precision, atol, enabled=True):
+    from trtcompile.settings import VerifySettings
+
+    verify = VerifySettings(enabled=enabled)
+    if atol is not None:
+        verify = VerifySettings(atol={**verify.atol, precision: atol}, enabled=enabled)
+    return verify
+
+
+def echo_json(data) -> None:
+    import json
+
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="trtcompile")
 def cli():
@@ -139,22 +159,17 @@ def cli():
 @optimize_options
 @build_options
 @click.option("--no-verify", is_flag=True, help="Skip the accuracy check against the original model.")
-@click.option("--atol", type=float, help="Verification tolerance (max abs, scaled by max(1, |reference|)).")
-@click.option("-q", "--quiet", is_flag=True)
-@user_errors
-def compile(model, output, no_verify, atol, quiet, **options):
+@click.option("--atol", type=click.FloatRange(min=0), help="Verification tolerance (max abs, scaled by max(1, |reference|)).")
+@command_options
+def compile(model, output, no_verify, atol, **options):
     """Compile MODEL (HF checkpoint dir, file.py:factory, or .onnx) into a package at OUTPUT."""
     from trtcompile.compile import compile_package
-    from trtcompile.progress import Progress
-    from trtcompile.settings import VerifySettings
 
-    verify = VerifySettings(enabled=not no_verify)
-    if atol is not None:
-        verify = VerifySettings(atol={**verify.atol, options["precision"]: atol}, enabled=not no_verify)
     manifest = compile_package(
         model, output, profile_path=options["profile"], export=export_settings(**options),
         optimize=optimize_settings(**options), calibration=calibration_settings(**options),
-        build=build_settings(**options), verify=verify, progress=Progress(quiet=quiet))
+        build=build_settings(**options), verify=verify_settings(options["precision"], atol, not no_verify),
+        progress=progress())
     engines = len(manifest.engines)
     click.echo(f"wrote {output} ({engines} engine{'s' * (engines != 1)}, {len(manifest.buckets)} bucket(s), "
                f"{manifest.precision})")
@@ -164,15 +179,17 @@ def compile(model, output, no_verify, atol, quiet, **options):
 @click.argument("model")
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="ONNX file to write.")
 @export_options
-@user_errors
+@command_options
 def export(model, output, **options):
     """Export MODEL to ONNX, with the profile's dynamic axes."""
-    from trtcompile.compile import export_stage
-    from trtcompile.onnx_io import save_model
-    from trtcompile.progress import Progress
+    from trtcompile.compile import export_stage, save_stage
+    from trtcompile.preflight import check_options
 
-    _, onnx_model = export_stage(model, options["profile"], export_settings(**options), Progress())
-    save_model(onnx_model, output)
+    settings = export_settings(**options)
+    check_options(export=settings, onnx_out=output)
+    show = progress()
+    _, onnx_model = export_stage(model, options["profile"], settings, show)
+    save_stage(onnx_model, output, show)
     click.echo(f"wrote {output}")
 
 
@@ -180,19 +197,22 @@ def export(model, output, **options):
 @click.argument("onnx_file", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="ONNX file to write.")
 @optimize_options
-@user_errors
+@command_options
 def optimize(onnx_file, output, **options):
     """Run the rewrite passes (and precision) on an exported ONNX file."""
-    from trtcompile.compile import optimize_stage
-    from trtcompile.onnx_io import load_model, save_model
-    from trtcompile.progress import Progress
+    from trtcompile.compile import optimize_stage, save_stage
+    from trtcompile.onnx_io import load_model
+    from trtcompile.preflight import check_options
 
-    result = optimize_stage(load_model(onnx_file), optimize_settings(**options), calibration_settings(**options),
-                            Progress())
-    for report in result.reports:
-        if report.matched or report.declined:
-            click.echo(f"  {report.name}: matched {len(report.matched)}, declined {len(report.declined)}")
-    save_model(result.model, output)
+    settings, calibration = optimize_settings(**options), calibration_settings(**options)
+    check_options(optimize=settings, calibration=calibration, onnx_out=output)
+    show = progress()
+    result = optimize_stage(load_model(onnx_file), settings, calibration, show)
+    if verbosity() >= 0:
+        for report in result.reports:
+            if report.matched or report.declined:
+                click.echo(f"  {report.name}: matched {len(report.matched)}, declined {len(report.declined)}")
+    save_stage(result.model, output, show)
     click.echo(f"wrote {output}")
 
 
@@ -200,42 +220,49 @@ def optimize(onnx_file, output, **options):
 @click.argument("onnx_file", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Package directory.")
 @build_options
-@user_errors
-def build(onnx_file, output, **options):
-    """Build TensorRT engines for an optimized ONNX file and package them."""
-    from trtcompile.compile import package_stage
-    from trtcompile.onnx_io import load_model
-    from trtcompile.progress import Progress
+@click.option("--no-verify", is_flag=True, help="Skip the accuracy check against the original model.")
+@click.option("--source", help="The original model, if it moved since export (for verification).")
+@click.option("--atol", type=click.FloatRange(min=0), help="Verification tolerance (max abs, scaled by max(1, |reference|)).")
+@click.option("--trust-remote-code", is_flag=True, help="Run the Python code the source checkpoint ships.")
+@command_options
+def build(onnx_file, output, no_verify, source, atol, trust_remote_code, **options):
+    """Build TensorRT engines for an optimized ONNX file and package them (verified like compile)."""
+    from trtcompile.compile import build_from_stage_file
+    from trtcompile.preflight import check_options
 
-    manifest = package_stage(load_model(onnx_file), output, reports=[], warnings=[],
-                             build=build_settings(**options), progress=Progress())
+    settings = build_settings(**options)
+    check_options(build=settings, package_out=output)
+    manifest = build_from_stage_file(onnx_file, output, build=settings, source=source,
+                                     verify=(atol, not no_verify), trust_remote_code=trust_remote_code,
+                                     progress=progress())
     click.echo(f"wrote {output} ({len(manifest.engines)} engine(s))")
 
 
 @cli.command()
 @click.argument("package", type=click.Path(path_type=Path))
-@click.option("--source", help="The original model, if it moved since compile.")
+@click.option("--source", help="The original model, if it moved since compile (default: the one the manifest names).")
 @click.option("--backend", type=click.Choice(("onnxruntime", "tensorrt")), default="onnxruntime", show_default=True)
-@user_errors
-def verify(package, source, backend):
+@click.option("--atol", type=click.FloatRange(min=0), help="Tolerance (max abs, scaled by max(1, |reference|)).")
+@click.option("--trust-remote-code", is_flag=True, help="Run the Python code the source checkpoint ships.")
+@click.option("--json", "as_json", is_flag=True, help="Print the accuracy report as JSON.")
+@command_options
+def verify(package, source, backend, atol, trust_remote_code, as_json):
     """Compare a package against its original model on every bucket."""
-    from trtcompile.compile import verify_stage
-    from trtcompile.export import load_source
-    from trtcompile.progress import Progress
-    from trtcompile.runtime.manifest import read_manifest
-    from trtcompile.settings import VerifySettings
+    from trtcompile.compile import verify_package
 
-    manifest = read_manifest(package)
-    report = verify_stage(package, load_source(source or manifest.data["model"]["source"]).reference,
-                          manifest.precision, VerifySettings(), Progress(), backend=backend)
-    click.echo(f"passed on {len(report['cases'])} shapes")
+    report = verify_package(package, source=source, backend=backend, trust_remote_code=trust_remote_code,
+                            atol=atol, progress=progress())
+    if as_json:
+        echo_json(report)
+    else:
+        click.echo(f"passed on {len(report['cases'])} shapes")
 
 
 @cli.command()
 @click.argument("target", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the whole manifest as JSON.")
 @click.option("--passes", "show_passes", is_flag=True, help="List every match and decline of every pass.")
-@user_errors
+@command_options
 def inspect(target, as_json, show_passes):
     """Show a package (manifest, op histogram, buckets, engines, fusion report) or an ONNX file."""
     from trtcompile.inspect import describe
@@ -250,24 +277,35 @@ def inspect(target, as_json, show_passes):
               help="Generate inputs with these dimension values (default: the first bucket's opt).")
 @click.option("--backend", type=click.Choice(("auto", "tensorrt", "onnxruntime")), default="auto", show_default=True)
 @click.option("--save", type=click.Path(path_type=Path), help="Write the outputs to this .npz.")
-@click.option("--iterations", type=int, default=1, show_default=True, help="Repeat and print latency.")
-@user_errors
-def run(package, inputs, dims, backend, save, iterations):
+@click.option("--iterations", type=click.IntRange(min=1), default=1, show_default=True, help="Repeat and print latency.")
+@click.option("--json", "as_json", is_flag=True, help="Print shapes, statistics and latency as JSON.")
+@command_options
+def run(package, inputs, dims, backend, save, iterations, as_json):
     """Run a package on inputs from an .npz file, or generated ones."""
     from trtcompile.run_command import run_package
 
-    click.echo(run_package(package, inputs, dims, backend, save, iterations))
+    result = run_package(package, inputs, dims, backend, save, iterations)
+    if as_json:
+        echo_json(result)
+    else:
+        click.echo(result["text"])
 
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @click.argument("name", type=click.Choice(("runtime", "passes", "precision", "generate", "serve")))
+@click.option("--json", "as_json", is_flag=True, help="Print the benchmark's tables as JSON instead.")
 @click.pass_context
-@user_errors
-def bench(ctx, name):
+@command_options
+def bench(ctx, name, as_json):
     """Benchmarks: runtime (MiniLM latency), passes, precision, generate, serve. Extra args go to the benchmark."""
     import importlib
 
-    importlib.import_module(f"trtcompile.bench.{name}").main(ctx.args)
+    from trtcompile.bench.common import collected_tables
+
+    with collected_tables(as_json) as tables:
+        importlib.import_module(f"trtcompile.bench.{name}").main(ctx.args)
+    if as_json:
+        echo_json({"benchmark": name, "tables": tables})
 
 
 def _register_optional_commands():

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import click
 
-from trtcompile.cli_errors import user_errors
+from trtcompile.cli_errors import command_options
 
 
 class TokenizerText:
     """encode/decode with the package's tokenizer; decode of the whole tail keeps merges and bytes right."""
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, trust_remote_code: bool = False):
         self.encode_fn = self.decode_fn = None
         tokenizer_json = directory / "tokenizer.json"
         try:
@@ -35,7 +35,18 @@ class TokenizerText:
             from transformers import AutoTokenizer
         except ImportError:
             return
-        tok = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+        # Explicit: left None, transformers asks y/N on stdin and runs the tokenizer's own code on "y".
+        try:
+            tok = AutoTokenizer.from_pretrained(str(directory), local_files_only=True,
+                                                trust_remote_code=trust_remote_code)
+        except Exception as exc:  # noqa: BLE001 - a missing, broken or code-carrying tokenizer
+            from trtcompile.errors import UserError
+
+            code = "trust_remote_code" in str(exc)
+            raise UserError(f"the package's tokenizer in {str(directory)!r} cannot be loaded: "
+                            f"{str(exc).splitlines()[0][:200]}",
+                            hint="it ships its own code: read it, then pass --trust-remote-code" if code
+                            else "pass token ids with --ids 1,2,3") from exc
         self.encode_fn = lambda text: tok(text)["input_ids"]
         self.decode_fn = lambda ids: tok.decode(ids, skip_special_tokens=True)
 
@@ -44,11 +55,11 @@ class TokenizerText:
         return self.encode_fn is not None
 
 
-def find_tokenizer(package: Path, manifest_data: dict) -> TokenizerText | None:
+def find_tokenizer(package: Path, manifest_data: dict, trust_remote_code: bool = False) -> TokenizerText | None:
     name = (manifest_data.get("generation") or {}).get("tokenizer_dir") or manifest_data.get("tokenizer")
     if not name or not (package / name).is_dir():
         return None
-    tok = TokenizerText(package / name)
+    tok = TokenizerText(package / name, trust_remote_code)
     return tok if tok.available else None
 
 
@@ -66,7 +77,7 @@ def parse_ids(text: str, option: str) -> list[int]:
 
 def run_generate(package: Path, prompt: str | None, ids: str | None, max_new_tokens: int, temperature: float,
                  top_k: int, top_p: float, seed: int | None, stop_ids: str | None, backend: str,
-                 echo=click.echo) -> dict:
+                 echo=click.echo, trust_remote_code: bool = False) -> dict:
     """Stream tokens to `echo` as they come; return the timings (also printed)."""
     import numpy as np
 
@@ -76,7 +87,7 @@ def run_generate(package: Path, prompt: str | None, ids: str | None, max_new_tok
     if (prompt is None) == (ids is None):
         raise UserError("give exactly one of --prompt TEXT or --ids 1,2,3")
     with runtime.load(package, backend=backend) as model:
-        tokenizer = find_tokenizer(Path(package), model.manifest.data)
+        tokenizer = find_tokenizer(Path(package), model.manifest.data, trust_remote_code)
         if prompt is not None:
             if tokenizer is None:
                 raise UserError(f"package {str(package)!r} has no usable tokenizer (none was copied in at compile "
@@ -110,7 +121,8 @@ def run_generate(package: Path, prompt: str | None, ids: str | None, max_new_tok
         stats = {"backend": model.backend_name, "prompt_tokens": len(prompt_ids), "new_tokens": len(new),
                  "ttft_ms": (first - start) * 1e3,
                  "tokens_per_s": (len(new) - 1) / (end - first) if len(new) > 1 and end > first else float("nan"),
-                 "total_s": end - start}
+                 "total_s": end - start, "tokens": new,
+                 "text": tokenizer.decode_fn(new) if tokenizer is not None else None}
         echo(f"[{stats['backend']}] prompt {stats['prompt_tokens']} tokens, {stats['new_tokens']} new: "
              f"TTFT {stats['ttft_ms']:.1f} ms, {stats['tokens_per_s']:.1f} tokens/s after the first "
              f"({stats['total_s']:.2f} s in all)")
@@ -130,7 +142,17 @@ def run_generate(package: Path, prompt: str | None, ids: str | None, max_new_tok
 @click.option("--seed", type=int, help="Sampling seed, for reproducible output.")
 @click.option("--stop-ids", help="Stop token ids, comma-separated (default: the model's eos; '' for none).")
 @click.option("--backend", type=click.Choice(("auto", "tensorrt", "onnxruntime")), default="auto", show_default=True)
-@user_errors
-def generate(package, prompt, ids, max_new_tokens, temperature, top_k, top_p, seed, stop_ids, backend):
+@click.option("--trust-remote-code", is_flag=True, help="Run the Python code the package's tokenizer ships.")
+@click.option("--json", "as_json", is_flag=True, help="Print the tokens, text and timings as JSON at the end.")
+@command_options
+def generate(package, prompt, ids, max_new_tokens, temperature, top_k, top_p, seed, stop_ids, backend,
+             trust_remote_code, as_json):
     """Generate text from a causal-LM package, printing tokens as they come, then TTFT and tokens/s."""
-    run_generate(package, prompt, ids, max_new_tokens, temperature, top_k, top_p, seed, stop_ids, backend)
+    echo = (lambda *a, **k: None) if as_json else click.echo
+    stats = run_generate(package, prompt, ids, max_new_tokens, temperature, top_k, top_p, seed, stop_ids, backend,
+                         echo=echo, trust_remote_code=trust_remote_code)
+    if as_json:
+        import json
+
+        clean = {k: (None if isinstance(v, float) and v != v else v) for k, v in stats.items()}  # NaN is not JSON
+        click.echo(json.dumps(clean, indent=2, default=str))

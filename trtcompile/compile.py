@@ -3,6 +3,10 @@
 Every stage is also a CLI command of its own (`trtcompile export|optimize|build|verify`); this
 module strings them together and owns the one rule that matters most: a package is committed to
 OUT only after every step, verification included, has succeeded.
+
+Stage files carry their record (stage.py): `build` of an optimized file writes the same pass
+report, warnings and timings into the package as `compile` would, and verifies it against the
+original model the record names; `compile` of a stage file uses the profile stored in it.
 """
 
 from __future__ import annotations
@@ -17,13 +21,19 @@ from trtcompile.runtime.manifest import Manifest, read_manifest
 from trtcompile.settings import (BuildSettings, CalibrationSettings, ExportSettings, OptimizeSettings,
                                  VerifySettings)
 
+# What to do when verification fails, by the command that verified.
+COMPILE_HINT = ("the package was not written; try --precision fp32, a looser --atol, or --no-verify to package "
+                "it anyway and inspect")
+VERIFY_HINT = ("the package differs from its source beyond the tolerance of its precision; recompile it "
+               "(`trtcompile compile`), or check a looser bound with --atol")
+
 
 def export_stage(spec: str, profile_path: Path | None, settings: ExportSettings, progress: Progress):
     from trtcompile.export import default_profile, export_onnx, load_source
     from trtcompile.profiles import load_profile
 
     with progress.stage("load", spec):
-        source = load_source(spec)
+        source = load_source(spec, trust_remote_code=settings.trust_remote_code)
         profile = load_profile(profile_path) if profile_path else default_profile(source)
     with progress.stage("export", f"opset {settings.opset}, {'dynamo' if settings.dynamo else 'legacy'} exporter"):
         model = export_onnx(source, profile, settings)
@@ -41,21 +51,39 @@ def optimize_stage(model: onnx.ModelProto, settings: OptimizeSettings, calibrati
     return result
 
 
+def save_stage(model: onnx.ModelProto, out: Path, progress: Progress) -> None:
+    """Write a stage file with this run's timings added to its record (the package shows them all)."""
+    from trtcompile.onnx_io import save_model
+    from trtcompile.stage import read_stage, write_stage
+
+    write_stage(model, read_stage(model).with_timings(progress.timings))
+    save_model(model, out)
+
+
 def package_stage(model: onnx.ModelProto, out: Path, *, reports: list, warnings: list[str],
                   build: BuildSettings, progress: Progress, verify_with=None) -> Manifest:
     """Write the package (engines where TensorRT and a GPU exist), verify it, then commit it."""
     from trtcompile.build import build_engines, engine_unavailable_reason
     from trtcompile.build.engine import validate_settings
-    from trtcompile.export import read_metadata
 
     validate_settings(build)  # also where no engine can be built: a bad option is an error everywhere
     from trtcompile.package import MODEL_FILE, TOKENIZER_DIR, PackageWriter, new_manifest, write_model_files
     from trtcompile.runtime.shapes import Bucket, TensorSpec
+    from trtcompile.stage import read_stage
 
-    meta = read_metadata(model)
+    stage = read_stage(model)
+    # A stage file built on its own brings the earlier stages' report and timings with it.
+    reports = reports or stage.passes
+    warnings = warnings or stage.warnings
+
+    def timings() -> dict:
+        return {**stage.timings, **progress.timings}
+
     with PackageWriter(out) as pkg:
-        write_model_files(pkg, model, meta)
-        manifest = new_manifest(model, meta, reports=reports, warnings=warnings, timings=progress.timings)
+        if pkg.recovered:
+            progress.line(f"[yellow]note:[/yellow] {pkg.recovered}")
+        write_model_files(pkg, model, stage)
+        manifest = new_manifest(model, stage, reports=reports, warnings=warnings, timings=timings())
         if pkg.path(TOKENIZER_DIR).is_dir():
             manifest["tokenizer"] = TOKENIZER_DIR
         reason = engine_unavailable_reason()
@@ -75,18 +103,18 @@ def package_stage(model: onnx.ModelProto, out: Path, *, reports: list, warnings:
             progress.line(f"[yellow]no engines:[/yellow] {reason.split(';')[0].split('. ')[0]}; packaged "
                           f"model.onnx for the ONNX Runtime backend (--require-engine makes this an error)")
         manifest["build"]["settings"] = _settings_dict(build)
-        manifest["build"]["timings_s"] = dict(progress.timings)
+        manifest["build"]["timings_s"] = timings()
         pkg.write_manifest(manifest)
         if verify_with is not None:
             manifest["accuracy"] = verify_with(pkg.tmp, manifest)
-            manifest["build"]["timings_s"] = dict(progress.timings)
+            manifest["build"]["timings_s"] = timings()
             pkg.write_manifest(manifest)
         pkg.commit()
     return read_manifest(out)
 
 
 def verify_stage(package_dir: Path, reference, precision: str, settings: VerifySettings, progress: Progress,
-                 backend: str = "onnxruntime") -> dict:
+                 backend: str = "onnxruntime", hint: str = COMPILE_HINT) -> dict:
     from trtcompile import runtime
     from trtcompile.verify import describe_failure, verify
 
@@ -97,22 +125,72 @@ def verify_stage(package_dir: Path, reference, precision: str, settings: VerifyS
     worst = ", ".join(f"{n}: max abs {w['max_abs']:.2g}, cosine {w['min_cosine']:.6f}" for n, w in report["worst"].items())
     progress.line(f"  accuracy vs reference: {worst}")
     if not report["passed"]:
-        raise UserError(f"verification failed: {describe_failure(report)}",
-                        hint="the package was not written; try --precision fp32, a looser --atol, or "
-                             "--no-verify to package it anyway and inspect")
+        raise UserError(f"verification failed: {describe_failure(report)}", hint=hint)
     return report
+
+
+def reference_source(spec: str, *, given: bool, trust_remote_code: bool, what: str):
+    """The original model to verify against: `spec` as recorded (or given with --source)."""
+    from trtcompile.export import load_source
+    from trtcompile.stage import source_exists
+
+    if not given and not source_exists(spec):
+        raise UserError(f"the original model of {what}, {spec!r}, is not there (looked from {str(Path.cwd())!r})",
+                        hint="pass --source PATH to where it is now, or --no-verify to skip the comparison")
+    return load_source(spec, trust_remote_code=trust_remote_code)
+
+
+def build_from_stage_file(onnx_file: Path, out: Path, *, build: BuildSettings, source: str | None = None,
+                          verify: tuple[float | None, bool] = (None, True), trust_remote_code: bool = False,
+                          progress: Progress | None = None) -> Manifest:
+    """`trtcompile build`: package a stage file, verified against the model its record names."""
+    from trtcompile.onnx_io import load_model
+    from trtcompile.stage import read_stage
+
+    progress = progress or Progress(quiet=True)
+    model = load_model(onnx_file)
+    stage = read_stage(model, str(onnx_file))
+    atol, enabled = verify
+    verify_with = None
+    if enabled:
+        reference = reference_source(source or stage.source.spec, given=source is not None,
+                                     trust_remote_code=trust_remote_code, what=str(onnx_file))
+        settings = _verify_settings(stage.precision, atol)
+
+        def verify_with(tmp_dir: Path, manifest: dict) -> dict:
+            return verify_stage(tmp_dir, reference.reference, stage.precision, settings, progress)
+
+    return package_stage(model, Path(out), reports=[], warnings=[], build=build, progress=progress,
+                         verify_with=verify_with)
+
+
+def verify_package(package: Path, *, source: str | None = None, backend: str = "onnxruntime",
+                   trust_remote_code: bool = False, atol: float | None = None,
+                   progress: Progress | None = None) -> dict:
+    """`trtcompile verify`: compare a package with its original model (recorded, or --source)."""
+    progress = progress or Progress(quiet=True)
+    manifest = read_manifest(package)
+    spec = source or manifest.schema.model.source
+    reference = reference_source(spec, given=source is not None, trust_remote_code=trust_remote_code,
+                                 what=f"package {str(package)!r}")
+    return verify_stage(package, reference.reference, manifest.precision,
+                        _verify_settings(manifest.precision, atol), progress, backend=backend, hint=VERIFY_HINT)
 
 
 def compile_package(spec: str, out: Path, *, profile_path: Path | None = None,
                     export: ExportSettings = ExportSettings(), optimize: OptimizeSettings = OptimizeSettings(),
                     calibration: CalibrationSettings = CalibrationSettings(), build: BuildSettings = BuildSettings(),
                     verify: VerifySettings = VerifySettings(), progress: Progress | None = None) -> Manifest:
-    from trtcompile.build.engine import validate_settings
-    from trtcompile.package import check_destination
+    from trtcompile.preflight import check_options
 
     progress = progress or Progress(quiet=True)
-    check_destination(Path(out))  # before minutes of export, not after
-    validate_settings(build)
+    # Everything the options alone can tell, before minutes of export.
+    check_options(export=export, optimize=optimize, calibration=calibration, build=build, package_out=Path(out))
+    stage_file = _stage_file(spec)
+    if stage_file is not None:
+        return _compile_stage_file(spec, stage_file, out, profile_path=profile_path, optimize=optimize,
+                                   calibration=calibration, build=build, verify=verify, export=export,
+                                   progress=progress)
     source, raw = export_stage(spec, profile_path, export, progress)
     result = optimize_stage(raw, optimize, calibration, progress)
 
@@ -121,6 +199,63 @@ def compile_package(spec: str, out: Path, *, profile_path: Path | None = None,
 
     return package_stage(result.model, Path(out), reports=result.reports, warnings=result.warnings, build=build,
                          progress=progress, verify_with=verify_with if verify.enabled else None)
+
+
+def _stage_file(spec: str) -> onnx.ModelProto | None:
+    """The model when `spec` is an .onnx written by `trtcompile export`/`optimize`, else None."""
+    if not str(spec).endswith(".onnx") or not Path(spec).is_file():
+        return None
+    from trtcompile.onnx_io import load_model
+    from trtcompile.stage import has_stage
+
+    model = load_model(spec)
+    return model if has_stage(model) else None
+
+
+def _compile_stage_file(spec: str, model: onnx.ModelProto, out: Path, *, profile_path, optimize: OptimizeSettings,
+                        calibration: CalibrationSettings, build: BuildSettings, verify: VerifySettings,
+                        export: ExportSettings, progress: Progress) -> Manifest:
+    """A stage file: its stored profile and its original model, not the file itself, are the truth."""
+    from trtcompile.stage import read_stage
+
+    stage = read_stage(model, spec)
+    if profile_path is not None and _profile_differs(profile_path, stage):
+        raise UserError(f"{spec!r} was exported with profile {stage.profile.origin!r}, which fixed its dimensions; "
+                        f"--profile cannot change them now",
+                        hint="drop --profile to use the stored one, or compile from the original model "
+                             f"({stage.source.spec}) with --profile")
+    if stage.stage == "optimize":
+        if optimize.precision != stage.precision and optimize != OptimizeSettings():
+            raise UserError(f"{spec!r} is already optimized (precision {stage.precision}); --precision "
+                            f"{optimize.precision} cannot apply to it",
+                            hint="drop the optimize options, or compile from the exported or original model")
+        reports, warnings = [], []
+    else:
+        result = optimize_stage(model, optimize, calibration, progress)
+        model, reports, warnings = result.model, result.reports, result.warnings
+    precision = read_stage(model, spec).precision
+    verify_with = None
+    if verify.enabled:
+        reference = reference_source(stage.source.spec, given=False, trust_remote_code=export.trust_remote_code,
+                                     what=spec)
+
+        def verify_with(tmp_dir: Path, manifest: dict) -> dict:
+            return verify_stage(tmp_dir, reference.reference, precision, verify, progress)
+
+    return package_stage(model, Path(out), reports=reports, warnings=warnings, build=build, progress=progress,
+                         verify_with=verify_with)
+
+
+def _profile_differs(profile_path: Path, stage) -> bool:
+    from trtcompile.profiles import load_profile
+
+    given = load_profile(profile_path).to_dict()
+    return given != stage.profile.to_dict()
+
+
+def _verify_settings(precision: str, atol: float | None) -> VerifySettings:
+    settings = VerifySettings()
+    return settings if atol is None else VerifySettings(atol={**settings.atol, precision: atol})
 
 
 def _settings_dict(settings) -> dict:

@@ -50,8 +50,10 @@ def optimize(model: onnx.ModelProto, settings: OptimizeSettings,
         ctx.report.nodes_after = len(out.graph.node)
         reports.append(ctx.report)
 
-    # Passes rebuild the model; the stage metadata must survive them.
+    # Passes rebuild the model; the stage metadata must survive them, with this stage's report
+    # (`build` of this file writes it into the package, as `compile` does).
     meta["precision"] = settings.precision
+    meta.update(stage="optimize", passes=[r.to_dict() for r in reports], warnings=list(ctx.warnings))
     write_metadata(out, meta)
     return OptimizeResult(out, reports, ctx.warnings)
 

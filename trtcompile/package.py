@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import onnx
 
@@ -32,6 +33,9 @@ import trtcompile
 from trtcompile.errors import UserError
 from trtcompile.onnx_io import ONNX_DTYPE_NAMES
 from trtcompile.runtime.manifest import MANIFEST, SCHEMA_VERSION, PackageError, parse, sha256_of
+
+if TYPE_CHECKING:
+    from trtcompile.stage import StageRecord
 
 MODEL_FILE = "model.onnx"
 PROFILE_FILE = "profile.yaml"
@@ -222,47 +226,46 @@ def tensor_specs(model: onnx.ModelProto, value_ranges: dict) -> tuple[list[dict]
     return ([spec(v) for v in model.graph.input if v.name not in init], [spec(v) for v in model.graph.output])
 
 
-def new_manifest(model: onnx.ModelProto, meta: dict, *, reports: list, warnings: list[str],
+def new_manifest(model: onnx.ModelProto, stage: "StageRecord", *, reports: list, warnings: list[str],
                  timings: dict) -> dict:
+    """The manifest of the final graph and its stage record (validated by PackageWriter.write_manifest)."""
     from trtcompile.onnx_io import op_histogram
-    from trtcompile.profiles import parse_profile
 
-    inputs, outputs = tensor_specs(model, meta.get("value_ranges", {}))
-    profile = parse_profile(meta["profile"], origin=meta.get("profile_origin", "profile"))
-    src = meta["source"]
+    inputs, outputs = tensor_specs(model, stage.value_ranges)
+    src = stage.source
     manifest = {
         "schema_version": SCHEMA_VERSION,
         "trtcompile_version": trtcompile.__version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "model": {"name": src["name"], "source": src["spec"], "source_kind": src["kind"], "task": src["task"],
-                  "source_sha256": src["sha256"], "config": src.get("config") or {}},
+        "model": {"name": src.name, "source": src.spec, "source_kind": src.kind, "task": src.task,
+                  "source_sha256": src.sha256, "config": src.config},
         "model_file": MODEL_FILE,
         "inputs": inputs,
         "outputs": outputs,
-        "profile": {"origin": meta.get("profile_origin"), "file": PROFILE_FILE},
-        "buckets": [b.to_dict() for b in profile.buckets],
-        "precision": meta.get("precision", "fp32"),
-        "export": meta.get("export", {}),
+        "profile": {"origin": stage.profile.origin, "file": PROFILE_FILE},
+        "buckets": [b.to_dict() for b in stage.profile.buckets],
+        "precision": stage.precision,
+        "export": stage.export,
         "passes": [r.to_dict() if hasattr(r, "to_dict") else r for r in reports],
         "warnings": list(warnings),
         "op_histogram": op_histogram(model),
         "engines": [],
         "build": {"timings_s": timings},
     }
-    manifest.update(meta.get("manifest_extra") or {})
+    manifest.update(stage.manifest_extra)
     return manifest
 
 
-def write_model_files(pkg: PackageWriter, model: onnx.ModelProto, meta: dict) -> None:
+def write_model_files(pkg: PackageWriter, model: onnx.ModelProto, stage: "StageRecord") -> None:
     """model.onnx, profile.yaml, and the tokenizer (for `generate` and text calibration)."""
     import yaml
 
     from trtcompile.onnx_io import save_model
 
     save_model(model, pkg.path(MODEL_FILE))
-    pkg.path(PROFILE_FILE).write_text(
-        f"# profile used for this package ({meta.get('profile_origin')})\n" + yaml.safe_dump(meta["profile"], sort_keys=False))
-    tok = meta["source"].get("tokenizer_dir")
+    pkg.path(PROFILE_FILE).write_text(f"# profile used for this package ({stage.profile.origin})\n"
+                                      + yaml.safe_dump(stage.profile.to_dict(), sort_keys=False))
+    tok = stage.source.tokenizer_dir
     if tok:
         from trtcompile.export.hf import TOKENIZER_FILES
 

@@ -29,6 +29,9 @@ class ExportSettings:
     dynamo: bool = True
     # Let the dynamo exporter run its own onnxscript optimizer (fusions included).
     exporter_optimize: bool = True
+    # Run the Python a checkpoint ships (config.json auto_map). Off: left to transformers, a "y" on
+    # stdin would run it.
+    trust_remote_code: bool = False
 
 
 @dataclass(frozen=True)

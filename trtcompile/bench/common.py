@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from typing import Callable
 
 from trtcompile.timing import Timing, time_fn, timing_of  # noqa: F401 - the benchmarks' timing lives with the runtime's
@@ -37,8 +38,29 @@ def time_interleaved(fns: dict[str, Callable[[], object]], *, warmup: int = 5, i
     return {name: timing_of(s) for name, s in samples.items()}
 
 
+# While `trtcompile bench --json` runs, tables are collected here instead of printed.
+_collected: list[dict] | None = None
+
+
+@contextmanager
+def collected_tables(enabled: bool = True):
+    """Collect every print_table of the block as data ({title, columns, rows, note}) instead of printing."""
+    global _collected
+    if not enabled:
+        yield None
+        return
+    previous, _collected = _collected, []
+    try:
+        yield _collected
+    finally:
+        _collected = previous
+
+
 def print_table(title: str, columns: list[str], rows: list[list], *, note: str | None = None) -> None:
-    """A rich table when rich is installed, plain aligned text otherwise."""
+    """A rich table when rich is installed, plain aligned text otherwise (collected under --json)."""
+    if _collected is not None:
+        _collected.append({"title": title, "columns": list(columns), "rows": [list(r) for r in rows], "note": note})
+        return
     cells = [[_fmt(c) for c in row] for row in rows]
     try:
         from rich.console import Console

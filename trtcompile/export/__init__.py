@@ -47,6 +47,7 @@ def export_onnx(source: Source, profile: Profile, settings: ExportSettings) -> o
     """The source as ONNX (export for torch sources, a renamed copy for ONNX files), with metadata."""
     from trtcompile.export.torch_export import export_module, rename_dims
     from trtcompile.onnx_io import fix_ir_version, load_model
+    from trtcompile.stage import absolute_spec  # verify finds the source again from any directory
 
     example_shapes = {n: tuple(np.shape(source.example_inputs[n])) for n in source.input_names}
     shapes = resolve_shapes(profile, example_shapes)
@@ -57,7 +58,7 @@ def export_onnx(source: Source, profile: Profile, settings: ExportSettings) -> o
         model = export_module(source, shapes, settings)
     fix_ir_version(model)
     write_metadata(model, {
-        "source": {"kind": source.kind, "spec": source.spec, "name": source.name, "task": source.task,
+        "source": {"kind": source.kind, "spec": absolute_spec(source.spec), "name": source.name, "task": source.task,
                    "sha256": source.sha256, "config": source.config,
                    "tokenizer_dir": str(source.tokenizer_dir) if source.tokenizer_dir else None},
         "profile": profile.to_dict(), "profile_origin": profile.origin,

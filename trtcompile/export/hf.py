@@ -34,18 +34,51 @@ def read_config(directory: Path) -> dict:
     return config
 
 
+# Architectures whose task head is part of the model: compiled with the head, outputs as HF names them.
+HEADS = {
+    "ForSequenceClassification": ("sequence-classification", "AutoModelForSequenceClassification", ["logits"]),
+    "ForTokenClassification": ("token-classification", "AutoModelForTokenClassification", ["logits"]),
+    "ForQuestionAnswering": ("question-answering", "AutoModelForQuestionAnswering", ["start_logits", "end_logits"]),
+    "ForMaskedLM": ("masked-lm", "AutoModelForMaskedLM", ["logits"]),
+}
+
+
 def task_of(config: dict) -> str:
     archs = config.get("architectures") or []
     if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs):
         return "causal-lm"
+    for suffix, (task, _, _) in HEADS.items():
+        if any(a.endswith(suffix) for a in archs):
+            return task
     if "pixel_values" in str(config.get("main_input_name", "")) or ("image_size" in config and "num_channels" in config):
         return "vision-encoder"
     return "encoder"
 
 
-def load_hf_source(directory: Path) -> Source:
+def check_remote_code(config: dict, directory: Path, trust_remote_code: bool) -> None:
+    """A checkpoint that ships its own Python (config.json `auto_map`) runs it only when asked to."""
+    if config.get("auto_map") and not trust_remote_code:
+        files = sorted({str(v).split(".")[0] + ".py" for v in _flat(config["auto_map"]) if "." in str(v)})
+        raise UserError(f"checkpoint {str(directory)!r} ships its own code ({', '.join(files) or 'auto_map'} via "
+                        f"'auto_map' in config.json), which trtcompile does not run by default",
+                        hint="read that code, then pass --trust-remote-code to run it")
+
+
+def _flat(value):
+    if isinstance(value, dict):
+        for v in value.values():
+            yield from _flat(v)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _flat(v)
+    elif value is not None:
+        yield value
+
+
+def load_hf_source(directory: Path, *, trust_remote_code: bool = False) -> Source:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the hub, even by accident
     config = read_config(directory)
+    check_remote_code(config, directory, trust_remote_code)
     weights = [directory / f for f in WEIGHT_FILES if (directory / f).is_file()]
     if not weights:
         raise UserError(f"{str(directory)!r} has config.json but no weights",
@@ -59,9 +92,13 @@ def load_hf_source(directory: Path) -> Source:
     transformers.utils.logging.set_verbosity_error()
     # SDPA exports as ONNX Attention at opset 23; eager stays MatMul/Softmax for the fusion pass.
     attn = config.get("_attn_implementation") or "sdpa"
-    loader = {"causal-lm": transformers.AutoModelForCausalLM}.get(task, transformers.AutoModel)
+    heads = {task: getattr(transformers, auto) for task, auto, _ in HEADS.values()}
+    loader = {"causal-lm": transformers.AutoModelForCausalLM, **heads}.get(task, transformers.AutoModel)
     try:
-        model = loader.from_pretrained(str(directory), local_files_only=True, attn_implementation=attn).eval()
+        # trust_remote_code is always explicit: left None, transformers asks y/N on stdin and runs the
+        # checkpoint's code on a "y" (even a piped one).
+        model = loader.from_pretrained(str(directory), local_files_only=True, attn_implementation=attn,
+                                       trust_remote_code=trust_remote_code).eval()
     except Exception as exc:  # transformers raises many types for a bad checkpoint
         raise UserError(f"could not load the checkpoint {str(directory)!r}: {str(exc).splitlines()[0]}",
                         hint="check config.json and the weight files (re-save with save_pretrained())") from exc
@@ -77,11 +114,13 @@ def load_hf_source(directory: Path) -> Source:
     elif task == "vision-encoder":
         _as_vision_encoder(source, model, config)
     else:
-        _as_encoder(source, model, config)
+        outputs = next((names for t, _, names in HEADS.values() if t == task), ["last_hidden_state"])
+        _as_encoder(source, model, config, outputs)
     return source
 
 
-def _as_encoder(source: Source, model, config: dict) -> None:
+def _as_encoder(source: Source, model, config: dict, outputs: list[str]) -> None:
+    """Token inputs in; `outputs` (last_hidden_state, or a task head's logits) out."""
     import inspect
 
     import torch
@@ -95,7 +134,8 @@ def _as_encoder(source: Source, model, config: dict) -> None:
             self.inner = inner
 
         def forward(self, **inputs):
-            return (self.inner(**inputs).last_hidden_state,)
+            result = self.inner(**inputs)
+            return tuple(getattr(result, name) for name in outputs)
 
     batch, seq = 2, 16
     vocab = int(config.get("vocab_size") or 2)
@@ -104,7 +144,7 @@ def _as_encoder(source: Source, model, config: dict) -> None:
                 "token_type_ids": torch.zeros(batch, seq, dtype=torch.int64)}
     source.module = Encoder(model).eval()
     source.input_names = names
-    source.output_names = ["last_hidden_state"]
+    source.output_names = list(outputs)
     source.example_inputs = {n: examples[n] for n in names}
     source.value_ranges = {"input_ids": (0, vocab), "attention_mask": (0, 2),
                            "token_type_ids": (0, int(config.get("type_vocab_size") or 1))}

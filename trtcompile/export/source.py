@@ -11,7 +11,8 @@ import numpy as np
 
 from trtcompile.errors import UserError
 
-TASKS = ("encoder", "vision-encoder", "causal-lm", "custom")
+TASKS = ("encoder", "vision-encoder", "causal-lm", "sequence-classification", "token-classification",
+         "question-answering", "masked-lm", "custom")
 
 
 @dataclass
@@ -67,8 +68,11 @@ def hash_files(paths: list[Path]) -> str:
     return digest.hexdigest()
 
 
-def load_source(spec: "str | Path") -> Source:
-    """A Hugging Face checkpoint directory, `file.py:factory`, or an `.onnx` file."""
+def load_source(spec: "str | Path", *, trust_remote_code: bool = False) -> Source:
+    """A Hugging Face checkpoint directory, `file.py:factory`, or an `.onnx` file.
+
+    trust_remote_code: run the Python a checkpoint ships (config.json `auto_map`); off by default.
+    """
     spec = str(spec)
     path = Path(spec)
     if spec.endswith(".onnx"):
@@ -82,7 +86,7 @@ def load_source(spec: "str | Path") -> Source:
     if path.is_dir():
         from trtcompile.export.hf import load_hf_source
 
-        return load_hf_source(path)
+        return load_hf_source(path, trust_remote_code=trust_remote_code)
     if path.exists():
         raise UserError(f"model {spec!r} is neither a checkpoint directory, a .onnx file nor file.py:factory",
                         hint="pass a Hugging Face checkpoint directory (with config.json), "

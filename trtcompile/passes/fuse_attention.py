@@ -59,6 +59,7 @@ from trtcompile.passes._opset import default_opset, ensure_opset
 from trtcompile.passes.attention_masks import (MASK_FILL_MAX, Mask, expand_mask, is_causal, is_noop,
                                                mask_input)
 from trtcompile.graph.context import PassContext
+from trtcompile.passes.fusion import Decline, attempt
 from trtcompile.passes._match import const_value, producer, rank
 from trtcompile.passes._match import scalar as scalar_value
 from trtcompile.passes.patterns import NameScope, ShapeProbe, infer_missing_shapes, repeat_kv_source, shape_value, sym_dims
@@ -69,8 +70,7 @@ ATTENTION_OPSET = 23
 _SCORE_OPS = ("Mul", "Div", "Add", "Where", "Cast", "MatMul")
 
 
-class _Decline(Exception):
-    """A candidate that is left as it was; the message is the reason in the report."""
+_Decline = Decline  # the fusion driver's decline: a candidate left as it was, with the reason
 
 
 @dataclass
@@ -99,16 +99,15 @@ def fuse_attention(graph: gs.Graph, ctx: PassContext) -> gs.Graph:
     names, probe = NameScope(graph), ShapeProbe(graph, now=unknown_heads)
     native = [n for n in graph.nodes if n.op == "Attention" and n.domain in ("", "ai.onnx", None)]
     fused = 0
+    def match_and_rewrite(g: gs.Graph, softmax: gs.Node) -> dict:
+        # Match and rewrite one block at a time (the next block's match sees this one's edits);
+        # _rewrite may still Decline: its edits come last.
+        return _rewrite(g, _match(softmax, g), names, probe)
+
     for softmax in [n for n in graph.nodes if n.op == "Softmax"]:
-        try:
-            match = _match(softmax, graph)
-            detail = _rewrite(graph, match, names, probe)
-        except _Decline as exc:
-            ctx.report.decline(softmax.name, str(exc))
-            continue
-        except Exception as exc:  # a graph this matcher did not foresee: leave it, say so (edits come last)
-            log.warning("fuse_attention: %s: %s: %s", softmax.name, type(exc).__name__, exc)
-            ctx.report.decline(softmax.name, f"internal error ({type(exc).__name__}: {exc}); please report")
+        detail = attempt(match_and_rewrite, graph, softmax, "fuse_attention")
+        if isinstance(detail, str):
+            ctx.report.decline(softmax.name, detail)
             continue
         ctx.report.match(softmax.name, **detail)
         fused += 1

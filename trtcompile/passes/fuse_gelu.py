@@ -16,13 +16,15 @@ The final product is matched in any order: (x·(1+e))·0.5, x·(0.5·(1+e)) or (
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import math
 
 import onnx_graphsurgeon as gs
 
 from trtcompile.passes._match import escapes, is_scalar, other_input, producer, single_consumer, split_const
-from trtcompile.passes._opset import raise_for_matches
 from trtcompile.graph.context import PassContext
+from trtcompile.passes.fusion import Decline, run_fusion
 
 OPSET = 20
 _SQRT2 = math.sqrt(2.0)
@@ -83,54 +85,59 @@ def _cube_of(x: gs.Tensor, cube: gs.Tensor) -> list[gs.Node]:
     return []
 
 
+@dataclass
+class GeluMatch:
+    x: gs.Tensor
+    nodes: list[gs.Node]
+    output: gs.Tensor
+    approximate: str  # "none" (erf) or "tanh"
+
+
 def _product(x: gs.Tensor, one_plus: gs.Tensor):
-    """Match 0.5 · x · one_plus in any association; (nodes, output) or a reason."""
+    """Match 0.5 · x · one_plus in any association: (nodes, output), or Decline."""
     mul = single_consumer(one_plus, "Mul")
     if mul is None:
-        return "1 + erf/tanh is not multiplied (alone) by anything"
+        raise Decline("1 + erf/tanh is not multiplied (alone) by anything")
     other = other_input(mul, one_plus)
     if other is x:                                  # (x · (1+e)) · 0.5
         half = single_consumer(mul.outputs[0], "Mul")
         if half is not None and is_scalar(split_const(half)[0], 0.5):
             return [mul, half], half.outputs[0]
-        return "x·(1 + erf/tanh) is not multiplied by 0.5"
+        raise Decline("x·(1 + erf/tanh) is not multiplied by 0.5")
     if is_scalar(other, 0.5):                       # x · (0.5 · (1+e))
         outer = single_consumer(mul.outputs[0], "Mul")
         if outer is not None and other_input(outer, mul.outputs[0]) is x:
             return [mul, outer], outer.outputs[0]
-        return "0.5·(1 + erf/tanh) is not multiplied by x"
+        raise Decline("0.5·(1 + erf/tanh) is not multiplied by x")
     half = producer(other, "Mul")                   # (0.5 · x) · (1+e)
     if half is not None:
         const, y = split_const(half)
         if const is not None and is_scalar(const, 0.5) and y is x:
             nodes = [mul] + ([half] if len(half.outputs[0].outputs) == 1 else [])
             return nodes, mul.outputs[0]
-    return "1 + erf/tanh is multiplied by something other than x and 0.5"
+    raise Decline("1 + erf/tanh is multiplied by something other than x and 0.5")
 
 
-def _match(graph: gs.Graph, node: gs.Node):
+def _match(graph: gs.Graph, node: gs.Node) -> GeluMatch:
     if node.op == "Erf":
         x, first = _erf_input(node)
         if x is None:
-            return "Erf input is not x/√2"
+            raise Decline("Erf input is not x/√2")
         head, approximate = [first], "none"
     else:
         x, head = _tanh_input(node)
         if x is None:
-            return "Tanh input is not √(2/π)·(x + 0.044715·x³)"
+            raise Decline("Tanh input is not √(2/π)·(x + 0.044715·x³)")
         approximate = "tanh"
     add = single_consumer(node.outputs[0], "Add")
     if add is None or not is_scalar(split_const(add)[0], 1.0):
-        return f"{node.op} is not followed by Add(1) alone"
-    product = _product(x, add.outputs[0])
-    if isinstance(product, str):
-        return product
-    tail, output = product
+        raise Decline(f"{node.op} is not followed by Add(1) alone")
+    tail, output = _product(x, add.outputs[0])
     nodes = head + [node, add] + tail
     leak = escapes(graph, nodes, output)
     if leak is not None:
-        return f"intermediate {leak.name!r} is used outside the GELU"
-    return x, nodes, output, approximate
+        raise Decline(f"intermediate {leak.name!r} is used outside the GELU")
+    return GeluMatch(x, nodes, output, approximate)
 
 
 def _candidates(graph: gs.Graph) -> list[gs.Node]:
@@ -145,20 +152,12 @@ def _candidates(graph: gs.Graph) -> list[gs.Node]:
     return found
 
 
-def fuse_gelu(graph: gs.Graph, ctx: PassContext) -> gs.Graph:
-    def find(g):
-        return [(node, _match(g, node)) for node in _candidates(g)]
+def _rewrite(graph: gs.Graph, anchor: gs.Node, m: GeluMatch) -> tuple[str, dict]:
+    fused = gs.Node("Gelu", name=f"{anchor.name or m.output.name}/Gelu", attrs={"approximate": m.approximate},
+                    inputs=[m.x], outputs=[m.output])
+    graph.nodes.append(fused)
+    return fused.name, {"approximate": m.approximate}
 
-    graph, matches = raise_for_matches(graph, OPSET, find(graph), find, ctx)
-    for anchor, found in matches:
-        if isinstance(found, str):
-            ctx.report.decline(anchor.name, found)
-            continue
-        x, nodes, output, approximate = found
-        fused = gs.Node("Gelu", name=f"{anchor.name or output.name}/Gelu", attrs={"approximate": approximate},
-                        inputs=[x], outputs=[output])
-        for node in nodes:
-            node.outputs.clear()
-        graph.nodes.append(fused)
-        ctx.report.match(fused.name, approximate=approximate, removed=len(nodes))
-    return graph.cleanup(remove_unused_graph_inputs=False).toposort()
+
+def fuse_gelu(graph: gs.Graph, ctx: PassContext) -> gs.Graph:
+    return run_fusion(graph, ctx, opset=OPSET, candidates=_candidates, match=_match, rewrite=_rewrite)

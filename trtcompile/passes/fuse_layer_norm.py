@@ -18,13 +18,15 @@ overflow. The fused op keeps fp32 accumulation (stash_type=1) whatever the input
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import onnx_graphsurgeon as gs
 
 from trtcompile.passes._match import axis_is_last, rank, reduce_axes, single_consumer
 from trtcompile.passes._norm import claim, match_affine, match_normalize, squared_input
-from trtcompile.passes._opset import raise_for_matches
 from trtcompile.graph.context import PassContext
+from trtcompile.passes.fusion import Decline, run_fusion
 
 OPSET = 17
 
@@ -41,13 +43,23 @@ def _candidates(graph: gs.Graph) -> list[gs.Node]:
     return found
 
 
-def _match(graph: gs.Graph, mean: gs.Node):
+@dataclass
+class LayerNormMatch:
+    x: gs.Tensor  # the normalized input (before any fp16->fp32 Cast the norm made)
+    nodes: list[gs.Node]
+    epsilon: float
+    scale: np.ndarray  # [hidden]
+    bias: np.ndarray  # [hidden]
+    output: gs.Tensor
+
+
+def _match(graph: gs.Graph, mean: gs.Node) -> LayerNormMatch:
     x0 = mean.inputs[0]
     if not axis_is_last(reduce_axes(mean), rank(x0)):
-        return f"mean over axes {reduce_axes(mean)}, not only the last axis"
+        raise Decline(f"mean over axes {reduce_axes(mean)}, not only the last axis")
     sub = single_consumer(mean.outputs[0], "Sub")
     if sub is None:
-        return "mean is used outside x - mean"
+        raise Decline("mean is used outside x - mean")
     d = sub.outputs[0]
     variance = None
     for consumer in d.outputs:
@@ -55,26 +67,26 @@ def _match(graph: gs.Graph, mean: gs.Node):
             if nxt.op == "ReduceMean" and squared_input(nxt)[1] is d:
                 variance = nxt
     if variance is None:
-        return "x - mean is not squared and averaged (no variance)"
+        raise Decline("x - mean is not squared and averaged (no variance)")
     norm = match_normalize(variance)
     if isinstance(norm, str):
-        return norm
+        raise Decline(norm)
     affine = match_affine(norm.normalized, with_bias=True)
     claimed = claim(graph, x0, affine, [mean, sub] + norm.nodes + affine.nodes, "layer norm")
     if isinstance(claimed, str):
-        return claimed
+        raise Decline(claimed)
     x, nodes, dtype = claimed
     hidden = _hidden_size(x0, affine)
     if hidden is None:
-        return "hidden size unknown (no shape, no scale/bias constant)"
+        raise Decline("hidden size unknown (no shape, no scale/bias constant)")
     if dtype is None and affine.scale is None:
-        return "dtype of the input unknown and no scale constant to tell it"
+        raise Decline("dtype of the input unknown and no scale constant to tell it")
     dtype = dtype if dtype is not None else affine.scale.dtype
     scale = _broadcast(affine.scale, hidden, dtype, 1.0)
     bias = _broadcast(affine.bias, hidden, dtype, 0.0)
     if scale is None or bias is None:
-        return "scale/bias length does not match the hidden size"
-    return x, nodes, norm.epsilon, scale, bias, affine.output
+        raise Decline("scale/bias length does not match the hidden size")
+    return LayerNormMatch(x, nodes, norm.epsilon, scale, bias, affine.output)
 
 
 def _hidden_size(x0: gs.Tensor, affine) -> int | None:
@@ -95,26 +107,17 @@ def _broadcast(vec, hidden: int, dtype, fill: float):
     return vec if vec.size == hidden else None
 
 
-def fuse_layer_norm(graph: gs.Graph, ctx: PassContext) -> gs.Graph:
-    def find(g):
-        return [(mean, _match(g, mean)) for mean in _candidates(g)]
+def _rewrite(graph: gs.Graph, mean: gs.Node, m: LayerNormMatch) -> tuple[str, dict]:
+    name = mean.name or m.output.name
+    fused = gs.Node(
+        "LayerNormalization", name=f"{name}/LayerNormalization",
+        attrs={"axis": -1, "epsilon": float(m.epsilon), "stash_type": 1},
+        inputs=[m.x, gs.Constant(f"{name}/ln_scale", m.scale), gs.Constant(f"{name}/ln_bias", m.bias)],
+        outputs=[m.output],
+    )
+    graph.nodes.append(fused)
+    return fused.name, {"epsilon": float(m.epsilon), "hidden": int(m.scale.size), "dtype": str(m.scale.dtype)}
 
-    graph, matches = raise_for_matches(graph, OPSET, find(graph), find, ctx)
-    for mean, found in matches:
-        if isinstance(found, str):
-            ctx.report.decline(mean.name, found)
-            continue
-        x, nodes, epsilon, scale, bias, output = found
-        name = mean.name or output.name
-        fused = gs.Node(
-            "LayerNormalization", name=f"{name}/LayerNormalization",
-            attrs={"axis": -1, "epsilon": float(epsilon), "stash_type": 1},
-            inputs=[x, gs.Constant(f"{name}/ln_scale", scale), gs.Constant(f"{name}/ln_bias", bias)],
-            outputs=[output],
-        )
-        for node in nodes:
-            node.outputs.clear()
-        graph.nodes.append(fused)
-        ctx.report.match(fused.name, epsilon=float(epsilon), hidden=int(scale.size), dtype=str(scale.dtype),
-                         removed=len(nodes))
-    return graph.cleanup(remove_unused_graph_inputs=False).toposort()
+
+def fuse_layer_norm(graph: gs.Graph, ctx: PassContext) -> gs.Graph:
+    return run_fusion(graph, ctx, opset=OPSET, candidates=_candidates, match=_match, rewrite=_rewrite)

@@ -20,13 +20,15 @@ declined here with that reason if the layer norm itself was not fused.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import onnx_graphsurgeon as gs
 
 from trtcompile.passes._match import producer
 from trtcompile.passes._norm import claim, match_affine, match_normalize, squared_input
-from trtcompile.passes._opset import raise_for_matches
 from trtcompile.graph.context import PassContext
+from trtcompile.passes.fusion import Decline, run_fusion
 
 OPSET = 23
 
@@ -36,57 +38,58 @@ def _candidates(graph: gs.Graph) -> list[gs.Node]:
     return [n for n in graph.nodes if n.op == "ReduceMean" and n.outputs and squared_input(n)[0] is not None]
 
 
-def _match(graph: gs.Graph, reduce: gs.Node):
+@dataclass
+class RmsNormMatch:
+    x: gs.Tensor  # the normalized input (before any fp16->fp32 Cast the norm made)
+    nodes: list[gs.Node]
+    epsilon: float
+    scale: np.ndarray  # [hidden]
+    output: gs.Tensor
+
+
+def _match(graph: gs.Graph, reduce: gs.Node) -> RmsNormMatch:
     _, x0 = squared_input(reduce)
     sub = producer(x0, "Sub")
     if sub is not None and producer(sub.inputs[1], "ReduceMean") is not None:
-        return "variance of a layer norm (x - mean(x)), not an RMS norm"
+        raise Decline("variance of a layer norm (x - mean(x)), not an RMS norm")
     norm = match_normalize(reduce)
     if isinstance(norm, str):
-        return norm
+        raise Decline(norm)
     affine = match_affine(norm.normalized, with_bias=False)
     claimed = claim(graph, x0, affine, norm.nodes + affine.nodes, "RMS norm")
     if isinstance(claimed, str):
-        return claimed
+        raise Decline(claimed)
     x, nodes, dtype = claimed
     shape = getattr(x0, "shape", None)
     hidden = shape[-1] if shape and isinstance(shape[-1], int) and shape[-1] > 0 else None
     scale = affine.scale
     if scale is None:
         if hidden is None or dtype is None:
-            return "no weight, and the hidden size or dtype is unknown"
+            raise Decline("no weight, and the hidden size or dtype is unknown")
         scale = np.ones(hidden, dtype=dtype)
     elif scale.size == 1 and hidden is not None:
         scale = np.full(hidden, scale.reshape(()), dtype=scale.dtype)
     elif hidden is not None and scale.size != hidden:
-        return f"weight has {scale.size} elements, hidden size is {hidden}"
-    return x, nodes, norm.epsilon, scale, affine.output
+        raise Decline(f"weight has {scale.size} elements, hidden size is {hidden}")
+    return RmsNormMatch(x, nodes, norm.epsilon, scale, affine.output)
+
+
+def _rewrite(graph: gs.Graph, reduce: gs.Node, m: RmsNormMatch) -> tuple[str, dict]:
+    name = reduce.name or m.output.name
+    fused = gs.Node(
+        "RMSNormalization", name=f"{name}/RMSNormalization",
+        attrs={"axis": -1, "epsilon": float(m.epsilon), "stash_type": 1},
+        inputs=[m.x, gs.Constant(f"{name}/rms_scale", m.scale)],
+        outputs=[m.output],
+    )
+    graph.nodes.append(fused)
+    return fused.name, {"epsilon": float(m.epsilon), "hidden": int(m.scale.size), "dtype": str(m.scale.dtype)}
 
 
 def fuse_rms_norm(graph: gs.Graph, ctx: PassContext) -> gs.Graph:
-    def find(g):
-        return [(reduce, _match(g, reduce)) for reduce in _candidates(g)]
-
-    graph, matches = raise_for_matches(graph, OPSET, find(graph), find, ctx)
-    for reduce, found in matches:
-        if isinstance(found, str):
-            ctx.report.decline(reduce.name, found)
-            continue
-        x, nodes, epsilon, scale, output = found
-        name = reduce.name or output.name
-        fused = gs.Node(
-            "RMSNormalization", name=f"{name}/RMSNormalization",
-            attrs={"axis": -1, "epsilon": float(epsilon), "stash_type": 1},
-            inputs=[x, gs.Constant(f"{name}/rms_scale", scale)],
-            outputs=[output],
-        )
-        for node in nodes:
-            node.outputs.clear()
-        graph.nodes.append(fused)
-        ctx.report.match(fused.name, epsilon=float(epsilon), hidden=int(scale.size), dtype=str(scale.dtype),
-                         removed=len(nodes))
+    graph = run_fusion(graph, ctx, opset=OPSET, candidates=_candidates, match=_match, rewrite=_rewrite)
     _check_coverage(graph, ctx)
-    return graph.cleanup(remove_unused_graph_inputs=False).toposort()
+    return graph
 
 
 def _check_coverage(graph: gs.Graph, ctx: PassContext) -> None:

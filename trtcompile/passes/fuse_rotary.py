@@ -27,13 +27,15 @@ Two jobs, both for Llama/Mistral/Qwen-style decoders (and GPT-J/NeoX-style inter
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import onnx_graphsurgeon as gs
 
 from trtcompile.passes._match import (const_value, escapes, other_input, producer, rank, scalar, single_consumer,
                                       split_const)
-from trtcompile.passes._opset import raise_for_matches
 from trtcompile.graph.context import PassContext
+from trtcompile.passes.fusion import Decline, run_fusion
 
 OPSET = 23
 _UNARY = ("Cos", "Sin", "Cast", "Identity", "Neg")
@@ -69,63 +71,63 @@ def _head_size(x: gs.Tensor) -> int | None:
 
 
 def _match_rotation(neg: gs.Node):
-    """From the Neg of a rotation: (x, mode, nodes, rotated) or a reason string."""
+    """From the Neg of a rotation: (x, mode, nodes, rotated), or Decline."""
     x2 = producer(neg.inputs[0], "Slice")
     p2 = _slice_params(x2)
     if p2 is None:
-        return "Neg input is not a Slice with constant parameters"
+        raise Decline("Neg input is not a Slice with constant parameters")
     x = x2.inputs[0]
     r = rank(x)
     if r is not None and r != 4:
-        return f"rotated tensor has rank {r}, not [B, N, S, H]"
+        raise Decline(f"rotated tensor has rank {r}, not [B, N, S, H]")
     head = _head_size(x)
     if head is None:
-        return "head size of the rotated tensor unknown (run fold_shapes first)"
+        raise Decline("head size of the rotated tensor unknown (run fold_shapes first)")
     half = head // 2
     start2, end2, axis2, step2 = p2
     if not _is_last(axis2, 4):
-        return "slices are not on the last axis"
+        raise Decline("slices are not on the last axis")
     if step2 == 1:
         mode = "half"
         if start2 != half or end2 < head:
-            return f"second half slice is [{start2}:{end2}], not [{half}:]"
+            raise Decline(f"second half slice is [{start2}:{end2}], not [{half}:]")
         concat = single_consumer(neg.outputs[0], "Concat")
         if concat is None or len(concat.inputs) != 2 or concat.inputs[0] is not neg.outputs[0] \
                 or not _is_last(int(concat.attrs.get("axis", 0)), 4):
-            return "-x2 is not concatenated first on the last axis"
+            raise Decline("-x2 is not concatenated first on the last axis")
         x1 = producer(concat.inputs[1], "Slice")
         p1 = _slice_params(x1)
         if p1 is None or x1.inputs[0] is not x or p1[0] != 0 or p1[1] != half or p1[3] != 1 \
                 or not _is_last(p1[2], 4):
-            return "Concat's second input is not x[..., :h/2]"
+            raise Decline("Concat's second input is not x[..., :h/2]")
         return x, mode, [x1, x2, neg, concat], concat.outputs[0]
     if step2 == 2:
         mode = "interleaved"
         if start2 != 1:
-            return f"odd-element slice starts at {start2}"
+            raise Decline(f"odd-element slice starts at {start2}")
         u2 = single_consumer(neg.outputs[0], "Unsqueeze")
         if u2 is None or not _unsqueezes_last(u2):
-            return "interleaved: -x2 is not unsqueezed on a new last axis"
+            raise Decline("interleaved: -x2 is not unsqueezed on a new last axis")
         concat = single_consumer(u2.outputs[0], "Concat")
         if concat is None or len(concat.inputs) != 2 or concat.inputs[0] is not u2.outputs[0]:
-            return "interleaved: -x2 is not stacked first"
+            raise Decline("interleaved: -x2 is not stacked first")
         u1 = producer(concat.inputs[1], "Unsqueeze")
         x1 = producer(u1.inputs[0], "Slice") if u1 is not None and _unsqueezes_last(u1) else None
         p1 = _slice_params(x1)
         if p1 is None or x1.inputs[0] is not x or p1[0] != 0 or p1[3] != 2:
-            return "interleaved: second stacked input is not x[..., 0::2]"
+            raise Decline("interleaved: second stacked input is not x[..., 0::2]")
         reshape = single_consumer(concat.outputs[0], "Reshape")
         if reshape is None:
             readers = sorted({c.op for c in concat.outputs[0].outputs})
-            return f"interleaved: stacked pairs are read by {readers}, not by one Reshape back to x's shape"
+            raise Decline(f"interleaved: stacked pairs are read by {readers}, not by one Reshape back to x's shape")
         target = const_value(reshape.inputs[1])
         exact = target is not None and target.size == 4 and int(target[-1]) == head \
             and all(int(t) == 0 for t in target[:3]) and not reshape.attrs.get("allowzero", 0)
         shape = getattr(reshape.outputs[0], "shape", None)
         if not exact and (shape is None or list(shape) != list(x.shape)):
-            return "interleaved: stacked pairs are not flattened back to x's shape"
+            raise Decline("interleaved: stacked pairs are not flattened back to x's shape")
         return x, mode, [x1, x2, neg, u1, u2, concat, reshape], reshape.outputs[0]
-    return f"slice step {step2} is neither 1 (half rotation) nor 2 (interleaved)"
+    raise Decline(f"slice step {step2} is neither 1 (half rotation) nor 2 (interleaved)")
 
 
 def _unsqueezes_last(node: gs.Node) -> bool:
@@ -139,38 +141,45 @@ def _unsqueezes_last(node: gs.Node) -> bool:
     return axis == -1 or (out_rank is not None and axis == out_rank - 1) or axis == 4
 
 
-def _match(graph: gs.Graph, neg: gs.Node):
-    found = _match_rotation(neg)
-    if isinstance(found, str):
-        return found
-    x, mode, nodes, rotated = found
+@dataclass
+class RotaryMatch:
+    x: gs.Tensor  # the tensor rotated, [B, N, S, H] or [B, S, N, H]
+    mode: str  # "half" (rotate_half) or "interleaved"
+    nodes: list[gs.Node]
+    cos: gs.Tensor
+    sin: gs.Tensor
+    output: gs.Tensor
+
+
+def _match(graph: gs.Graph, neg: gs.Node) -> RotaryMatch:
+    x, mode, nodes, rotated = _match_rotation(neg)
     m_sin = single_consumer(rotated, "Mul")
     if m_sin is None:
-        return "rotated x is not multiplied by sin alone"
+        raise Decline("rotated x is not multiplied by sin alone")
     sin = other_input(m_sin, rotated)
     add = single_consumer(m_sin.outputs[0], "Add")
     if add is None:
-        return "rotated·sin is not added to anything"
+        raise Decline("rotated·sin is not added to anything")
     m_cos = producer(other_input(add, m_sin.outputs[0]), "Mul")
     cos = other_input(m_cos, x) if m_cos is not None else None
     if cos is None:
-        return "rotated·sin is not added to x·cos"
+        raise Decline("rotated·sin is not added to x·cos")
     nodes = nodes + [m_sin, m_cos, add]
     leak = escapes(graph, nodes, add.outputs[0])
     if leak is not None:
-        return f"intermediate {leak.name!r} is used outside the rotary embedding"
+        raise Decline(f"intermediate {leak.name!r} is used outside the rotary embedding")
     layouts = set()
     for what, t in (("cos", cos), ("sin", sin)):
         found = _cache_source(t, mode, _head_size(x))
         if isinstance(found, str):
-            return f"{what}: {found}"
+            raise Decline(f"{what}: {found}")
         source, layout, halved = found
         layouts.add(layout)
         if not halved and not _duplicated(source, mode, _head_size(x)):
-            return f"{what}: duplication across the rotated halves not provable"
+            raise Decline(f"{what}: duplication across the rotated halves not provable")
     if len(layouts) != 1:
-        return "cos and sin broadcast over different axes"
-    return x, mode, nodes, cos, sin, add.outputs[0]
+        raise Decline("cos and sin broadcast over different axes")
+    return RotaryMatch(x, mode, nodes, cos, sin, add.outputs[0])
 
 
 def _duplicated(t, mode: str, head: int) -> bool:
@@ -366,36 +375,37 @@ def _repair(graph: gs.Graph, ctx: PassContext, builder: _CacheBuilder) -> None:
 
 
 def fuse_rotary(graph: gs.Graph, ctx: PassContext) -> gs.Graph:
-    def find(g):
-        return [(neg, _match(g, neg)) for neg in g.nodes if neg.op == "Neg"]
+    builder: list[_CacheBuilder] = []
 
-    graph, matches = raise_for_matches(graph, OPSET, find(graph), find, ctx)
-    builder = _CacheBuilder(graph)
-    _repair(graph, ctx, builder)
-    for neg, found in matches:
-        if isinstance(found, str):
-            if producer(neg.inputs[0], "Slice") is not None:   # a Neg of anything else is no candidate
-                ctx.report.decline(neg.name, found)
-            continue
-        x, mode, nodes, cos, sin, output = found
-        head = _head_size(x)
-        for node in nodes:
-            node.outputs.clear()
-        name = f"{neg.name or output.name}/RotaryEmbedding"
-        x_in, out, layout = x, output, None
-        caches = []
-        for t in (cos, sin):
-            source, layout, halved = _cache_source(t, mode, head)
-            half = source if halved else builder.halve(source, mode, head)
-            assert half is not None, "_duplicated and _CacheBuilder.halve disagree"
-            caches.append(half)
-        if layout == "bsnh":   # the op wants heads before sequence: transpose in and back out
-            x_in = builder.add("Transpose", [x], {"perm": [0, 2, 1, 3]}, "to_bnsh")
-            out = gs.Variable(builder.graph_unique("rotated"), dtype=output.dtype)
-            graph.nodes.append(gs.Node("Transpose", name=builder.graph_unique("to_bsnh"),
-                                       attrs={"perm": [0, 2, 1, 3]}, inputs=[out], outputs=[output]))
-        caches = [builder.for_batch_of(c, x_in, with_seq=True) for c in caches]
-        graph.nodes.append(gs.Node("RotaryEmbedding", name=name, attrs={"interleaved": int(mode == "interleaved")},
-                                   inputs=[x_in, *caches], outputs=[out]))
-        ctx.report.match(name, mode=mode, layout=layout, head_size=head, removed=len(nodes))
-    return graph.cleanup(remove_unused_graph_inputs=False).toposort()
+    def repair_first(g: gs.Graph) -> None:   # the exporter's own RotaryEmbedding nodes, batch-1 caches
+        builder.append(_CacheBuilder(g))
+        _repair(g, ctx, builder[0])
+
+    def rewrite(g: gs.Graph, neg: gs.Node, m: RotaryMatch) -> tuple[str, dict]:
+        return _rewrite(g, neg, m, builder[0])
+
+    return run_fusion(graph, ctx, opset=OPSET, candidates=lambda g: [n for n in g.nodes if n.op == "Neg"],
+                      match=_match, rewrite=rewrite, before_rewrite=repair_first,
+                      # a Neg of anything but a Slice is no rotary candidate: not worth a decline line
+                      reported=lambda neg: producer(neg.inputs[0], "Slice") is not None)
+
+
+def _rewrite(graph: gs.Graph, neg: gs.Node, m: RotaryMatch, builder: "_CacheBuilder") -> tuple[str, dict]:
+    head = _head_size(m.x)
+    name = f"{neg.name or m.output.name}/RotaryEmbedding"
+    x_in, out, layout = m.x, m.output, None
+    caches = []
+    for t in (m.cos, m.sin):
+        source, layout, halved = _cache_source(t, m.mode, head)
+        half = source if halved else builder.halve(source, m.mode, head)
+        assert half is not None, "_duplicated and _CacheBuilder.halve disagree"
+        caches.append(half)
+    if layout == "bsnh":   # the op wants heads before sequence: transpose in and back out
+        x_in = builder.add("Transpose", [m.x], {"perm": [0, 2, 1, 3]}, "to_bnsh")
+        out = gs.Variable(builder.graph_unique("rotated"), dtype=m.output.dtype)
+        graph.nodes.append(gs.Node("Transpose", name=builder.graph_unique("to_bsnh"),
+                                   attrs={"perm": [0, 2, 1, 3]}, inputs=[out], outputs=[m.output]))
+    caches = [builder.for_batch_of(c, x_in, with_seq=True) for c in caches]
+    graph.nodes.append(gs.Node("RotaryEmbedding", name=name, attrs={"interleaved": int(m.mode == "interleaved")},
+                               inputs=[x_in, *caches], outputs=[out]))
+    return name, {"mode": m.mode, "layout": layout, "head_size": head}

@@ -247,7 +247,7 @@ def _tokenizer(path: Path, tokenizer_dir: Path | None):
     try:
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True, trust_remote_code=False)
     except Exception as exc:  # noqa: BLE001 - missing/broken tokenizer files
         raise UserError(f"calibration text {str(path)!r}: no tokenizer could be loaded from {str(tokenizer_dir)!r} "
                         f"({str(exc).splitlines()[0][:200]})",
