@@ -118,7 +118,7 @@ def test_run_errors(tiny_bert_package, tmp_path, npz):
 def test_run_json(tiny_bert_package, tmp_path):
     result = invoke("run", tiny_bert_package, "--json", "--iterations", "3", "--save", tmp_path / "out.npz")
     assert result.exit_code == 0, result.output
-    data = json.loads(result.output)
+    data = json.loads(result.stdout)
     assert data["bucket"] == "short" and data["outputs"]["last_hidden_state"]["shape"] == [1, 8, 32]
     assert data["latency_ms"]["runs"] == 3 and "text" not in result.output.split("{", 1)[0]
     assert np.load(tmp_path / "out.npz")["last_hidden_state"].shape == (1, 8, 32)
@@ -200,4 +200,24 @@ def test_remote_code_never_runs_on_a_yes(tmp_path):
     result = invoke("compile", ck, "-o", tmp_path / "out", input="y\ny\n")
     assert result.exit_code == 1, result.output
     assert "ships its own code" in result.output and "--trust-remote-code" in result.output
+    assert not marker.exists()
+
+
+def test_package_tokenizer_code_never_runs_on_a_yes(tmp_path_factory, tmp_path):
+    """`generate --prompt` with a package tokenizer that maps to its own .py: refused, not run."""
+    import shutil
+
+    from decoder_packages import compiled_decoder
+
+    pkg = tmp_path / "pkg"
+    shutil.copytree(compiled_decoder("gpt2", tmp_path_factory.mktemp("decoders")), pkg)
+    marker = tmp_path / "tokenizer-code-ran"
+    tok = pkg / "tokenizer"
+    tok.mkdir(exist_ok=True)
+    (tok / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "EvilTokenizer", "auto_map": {"AutoTokenizer": ["tokenization_evil.EvilTokenizer", None]}}))
+    (tok / "tokenization_evil.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    result = invoke("generate", pkg, "--prompt", "hello", "--backend", "onnxruntime", input="y\ny\n")
+    assert result.exit_code == 1, result.output
+    assert "--trust-remote-code" in result.output or "--ids" in result.output
     assert not marker.exists()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trtcompile.runtime.checks import check_values, generation_options
+from trtcompile.runtime.checks import ValueRanges, generation_options
 from trtcompile.runtime.manifest import Manifest, PackageError, read_manifest
 from trtcompile.runtime.shapes import Bucket, InputError, TensorSpec, bucket_for
 
@@ -42,6 +42,7 @@ class Model:
         self.inputs: list[TensorSpec] = manifest.inputs
         self.outputs: list[TensorSpec] = manifest.outputs
         self.buckets: list[Bucket] = manifest.buckets
+        self._value_ranges = ValueRanges(self.inputs)
 
     @property
     def backend_name(self) -> str:
@@ -55,7 +56,7 @@ class Model:
         RunError (naming the bucket and shapes) when the backend fails on an allowed one."""
         self._check_open()
         bucket = self.bucket_for(feeds)
-        check_values(self.inputs, feeds)
+        self._value_ranges.check(feeds)
         try:
             return self.backend.run(feeds, bucket)
         except (InputError, PackageError):
