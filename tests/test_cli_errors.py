@@ -163,8 +163,9 @@ def test_every_command_takes_verbose_and_quiet_and_results_come_as_json():
             assert "--json" in flags, name
 
 
-def test_runtime_only_install_names_the_extra(tmp_path):
-    """With only the runtime installed (no torch, onnx, ...), compiler commands say which extra to install."""
+def test_runtime_only_install_names_the_extra(tmp_path, tiny_bert_package):
+    """With only the runtime installed (no torch, onnx, ...), compiler commands say which extra to
+    install, and `run` works."""
     blocked = ["torch", "onnx", "onnx_graphsurgeon", "onnxscript", "polygraphy", "transformers", "yaml", "rich"]
     script = f"""
 import sys
@@ -174,14 +175,21 @@ class Block:
             raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
 sys.meta_path.insert(0, Block())
 from trtcompile.cli import main
-sys.argv = ["trtcompile", "compile", "some-model", "-o", {str(tmp_path / 'out')!r}]
+sys.argv = ["trtcompile"] + sys.argv[1:]
 main()
 """
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+
+    def trtcompile(*args):
+        return subprocess.run([sys.executable, "-c", script, *map(str, args)], env=env, capture_output=True,
+                              text=True, timeout=120)
+
+    proc = trtcompile("compile", "some-model", "-o", tmp_path / "out")
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr
     assert "install the 'compiler' extra: pip install \".[compiler]\"" in proc.stderr
+    proc = trtcompile("run", tiny_bert_package, "--backend", "onnxruntime", "-q")
+    assert proc.returncode == 0 and "bucket short" in proc.stdout, proc.stderr
 
 
 def test_remote_code_never_runs_on_a_yes(tmp_path):

@@ -208,8 +208,8 @@ def _stage_file(spec: str) -> onnx.ModelProto | None:
     from trtcompile.onnx_io import load_model
     from trtcompile.stage import has_stage
 
-    model = load_model(spec)
-    return model if has_stage(model) else None
+    # Headers first: a foreign .onnx (export is skipped for it) is not read twice in full.
+    return load_model(spec) if has_stage(load_model(spec, load_weights=False)) else None
 
 
 def _compile_stage_file(spec: str, model: onnx.ModelProto, out: Path, *, profile_path, optimize: OptimizeSettings,

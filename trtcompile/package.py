@@ -87,7 +87,9 @@ def _unowned(path: Path) -> bool:
 
 
 def _leftovers(out: Path, kind: str) -> list[Path]:
-    return sorted(out.parent.glob(f".{out.name}.{kind}-*"), key=lambda p: p.stat().st_mtime)
+    import glob
+
+    return sorted(out.parent.glob(f".{glob.escape(out.name)}.{kind}-*"), key=lambda p: p.stat().st_mtime)
 
 
 def recover(out: Path) -> str | None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import onnx
 
+from trtcompile.onnx_io import fix_ir_version
+
 _INLINE_LIMIT = 2**31 - 2**24  # protobuf's 2 GB, less headroom
 
 
@@ -16,7 +18,7 @@ def ort_session(model: onnx.ModelProto, *, optimize: bool = False, threads: int 
     opts.log_severity_level = 3
     if threads:
         opts.intra_op_num_threads = threads
-    model.ir_version = min(model.ir_version, 10)
+    fix_ir_version(model)  # the IR version ONNX Runtime loads
     if model.ByteSize() < _INLINE_LIMIT:
         return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     # Over protobuf's 2 GB: through a temp file with external weights, kept as long as the session.

@@ -88,7 +88,12 @@ class Model:
 
         self._check_open()
         max_new_tokens, options = generation_options(self.manifest, input_ids, max_new_tokens, options)
-        return generate(self, input_ids, attention_mask, max_new_tokens, **options)
+        try:
+            return generate(self, input_ids, attention_mask, max_new_tokens, **options)
+        except (InputError, PackageError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - the backend's own error types; say what the call was
+            raise self._generation_error(exc, input_ids) from exc
 
     def stream(self, input_ids, attention_mask=None, max_new_tokens: int = 32, **options):
         """An iterator of the next token per sequence, [batch] int64 per step."""
@@ -96,7 +101,24 @@ class Model:
 
         self._check_open()
         max_new_tokens, options = generation_options(self.manifest, input_ids, max_new_tokens, options)
-        return stream(self, input_ids, attention_mask, max_new_tokens, **options)
+        return self._guarded(stream(self, input_ids, attention_mask, max_new_tokens, **options), input_ids)
+
+    def _guarded(self, steps, input_ids):
+        """The steps, with a backend failure during decoding raised as RunError (close() still
+        reaches the inner generator through `yield from`, so a cancelled stream frees its cache)."""
+        try:
+            yield from steps
+        except (InputError, PackageError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - the backend's own error types
+            raise self._generation_error(exc, input_ids) from exc
+
+    def _generation_error(self, exc: Exception, input_ids) -> RunError:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        return RunError(f"backend {self.backend_name!r} failed while generating from input_ids of shape "
+                        f"{list(np.shape(input_ids))}: {type(exc).__name__}: {first}. The request fits the manifest, "
+                        f"so the package does not hold what its manifest promises (e.g. buckets beyond the model's "
+                        f"positions, or an edited file); recompile the package")
 
     def close(self) -> None:
         """Free the backend's sessions/engines and buffers; using the model afterwards is an error."""
