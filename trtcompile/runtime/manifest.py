@@ -225,9 +225,23 @@ def parse(data, origin: str = MANIFEST) -> Schema:
     for i, e in enumerate(r.get(data, "engines", "", list)):
         key = f"engines[{i}]"
         r.check(e, key, dict)
-        if r.get(e, "bucket", key, str) not in names:
-            r.fail(f"{key}.bucket", f"is {e['bucket']!r}, not one of the buckets {names}")
         listed(r.rel_path(r.get(e, "file", key, str), f"{key}.file"), f"{key}.file")
+        # One engine per bucket ({"bucket": ...}, as first written) or one engine serving several
+        # buckets, one optimization profile each ({"profiles": [{"bucket", "index"}]}); which
+        # bucket maps to which (engine, profile) is checked by runtime/engine_layout.py.
+        profiles = r.get(e, "profiles", key, list, required="bucket" not in e)
+        served = [r.get(e, "bucket", key, str)] if profiles is None else []
+        for j, prof in enumerate(profiles or []):
+            where = f"{key}.profiles[{j}]"
+            r.check(prof, where, dict)
+            served.append(r.get(prof, "bucket", where, str))
+            if r.get(prof, "index", where, int) < 0:
+                r.fail(f"{where}.index", f"is {prof['index']}, expected >= 0")
+            r.get(prof, "context_memory_bytes", where, int, required=False, nullable=True)
+        for bucket in served:
+            if bucket not in names:
+                r.fail(f"{key}", f"serves bucket {bucket!r}, not one of the buckets {names}")
+        r.get(e, "sha256", key, str, required=False)
         r.get(e, "build_flags", key, dict, required=False)
         r.get(e, "bytes", key, int, required=False)
         r.get(e, "build_seconds", key, (int, float), required=False)
@@ -315,47 +329,61 @@ def _reported(r: _Reader, data: dict) -> None:
 
 @dataclass(frozen=True)
 class Manifest:
-    """A package's manifest, validated on construction; `data` is the raw JSON object."""
+    """A package's manifest beside its files; `data` is the raw JSON object.
+
+    `read_manifest` (the loader, `inspect`) builds it validated: `schema` holds the typed content
+    and nothing below can hit a missing key. Built directly (`Manifest(root, data)`, as tests and
+    in-memory tools do) it is taken as given.
+    """
 
     root: Path
     data: dict
-    schema: Schema = field(init=False, repr=False, compare=False)
+    schema: Schema | None = field(default=None, repr=False, compare=False)
 
-    def __post_init__(self):
-        object.__setattr__(self, "schema", parse(self.data, origin=str(Path(self.root) / MANIFEST)))
+    @classmethod
+    def validated(cls, root: Path, data) -> "Manifest":
+        return cls(root, data, parse(data, origin=str(Path(root) / MANIFEST)))
 
     @property
     def inputs(self) -> list[TensorSpec]:
-        return list(self.schema.inputs)
+        if self.schema is not None:
+            return list(self.schema.inputs)
+        return [TensorSpec.from_dict(d) for d in self.data["inputs"]]
 
     @property
     def outputs(self) -> list[TensorSpec]:
-        return list(self.schema.outputs)
+        if self.schema is not None:
+            return list(self.schema.outputs)
+        return [TensorSpec.from_dict(d) for d in self.data["outputs"]]
 
     @property
     def buckets(self) -> list[Bucket]:
-        return list(self.schema.buckets)
+        if self.schema is not None:
+            return list(self.schema.buckets)
+        return [Bucket.from_dict(d) for d in self.data["buckets"]]
 
     @property
     def engines(self) -> list[dict]:
-        return self.schema.engines
+        return self.schema.engines if self.schema is not None else self.data.get("engines", [])
 
     @property
     def precision(self) -> str:
-        return self.schema.precision
+        return self.schema.precision if self.schema is not None else self.data.get("precision", "fp32")
 
     @property
     def model_file(self) -> str:
-        return self.schema.model_file
+        return self.schema.model_file if self.schema is not None else self.data.get("model_file", "model.onnx")
 
     @property
     def files(self) -> dict[str, FileEntry]:
-        return self.schema.files
+        if self.schema is not None:
+            return self.schema.files
+        return {k: FileEntry(v["bytes"], v["sha256"]) for k, v in self.data.get("files", {}).items()}
 
     def path(self, name: str) -> Path:
         """root/name, refused when it leads outside the package (`..`, absolute, or a symlink)."""
-        rel = _Reader(str(self.root / MANIFEST)).rel_path(name, name)
-        path = self.root / rel
+        rel = _Reader(str(Path(self.root) / MANIFEST)).rel_path(name, name)
+        path = Path(self.root) / rel
         root = os.path.realpath(self.root)
         if os.path.commonpath([root, os.path.realpath(path)]) != root:
             raise PackageError(f"{rel!r} in package {str(self.root)!r} leads outside the package "
@@ -385,7 +413,7 @@ def read_manifest(root: str | Path, *, check_files: bool = True) -> Manifest:
         raise PackageError(f"{str(path)!r} is not valid JSON ({exc}); {_RECOMPILE}") from exc
     except RecursionError as exc:
         raise PackageError(f"{str(path)!r} is nested too deeply to be a manifest; {_RECOMPILE}") from exc
-    manifest = Manifest(root, data)
+    manifest = Manifest.validated(root, data)
     if check_files:
         check_package_files(manifest)
     return manifest
