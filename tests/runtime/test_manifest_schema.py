@@ -225,3 +225,21 @@ def test_unlisted_external_data_is_refused(package, tmp_path):
     (pkg / "model.onnx.data").write_bytes(b"\0" * 16)
     with pytest.raises(PackageError, match=r"'model.onnx.data' .* not listed"):
         runtime.load(pkg, backend="onnxruntime")
+
+
+def test_shared_engine_entries_with_profiles(package):
+    """One engine serving several buckets (`--engines shared`): each profile names a bucket of the package."""
+    data = json.loads((package / "manifest.json").read_text())
+    data["engines"] = [{"file": "engines/short.plan", "profiles": [{"bucket": "short", "index": 0},
+                                                                  {"bucket": "long", "index": 1}]}]
+    parse(data)
+    for profiles, message in [([{"bucket": "huge", "index": 0}], r"serves bucket 'huge', not one of the buckets"),
+                              ([{"bucket": "short", "index": -1}], r"'engines\[0\].profiles\[0\].index' is -1"),
+                              ([{"bucket": "short"}], r"'engines\[0\].profiles\[0\].index' is missing"),
+                              ("short", r"'engines\[0\].profiles' is a string")]:
+        data["engines"][0]["profiles"] = profiles
+        with pytest.raises(PackageError, match=message):
+            parse(data)
+    del data["engines"][0]["profiles"]
+    with pytest.raises(PackageError, match=r"'engines\[0\].profiles' is missing"):
+        parse(data)
