@@ -229,3 +229,22 @@ def test_package_tokenizer_code_never_runs_on_a_yes(tmp_path_factory, tmp_path):
     assert result.exit_code == 1, result.output
     assert "--trust-remote-code" in result.output or "--ids" in result.output
     assert not marker.exists()
+
+
+def test_generate_json(tmp_path_factory):
+    from decoder_packages import compiled_decoder
+
+    pkg = compiled_decoder("gpt2", tmp_path_factory.mktemp("decoders"))
+    result = invoke("generate", pkg, "--ids", "5,6,7", "--max-new-tokens", "4", "--stop-ids", "", "--json",
+                    "--backend", "onnxruntime")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["prompt_tokens"] == 3 and len(data["tokens"]) == data["new_tokens"] == 4
+
+
+def test_bench_json_collects_the_tables():
+    from trtcompile.bench.common import collected_tables, print_table
+
+    with collected_tables() as tables:
+        print_table("t", ["a", "b"], [[1, 2.5]], note="n")
+    assert tables == [{"title": "t", "columns": ["a", "b"], "rows": [[1, 2.5]], "note": "n"}]
