@@ -99,3 +99,10 @@ def test_verify_from_another_directory_and_with_source(checkpoint, tmp_path, mon
     assert "--atol" in result.output and "--no-verify" not in result.output and "--precision" not in result.output
     assert invoke("verify", "work/pkg", "--source", "work/moved").exit_code == 0
     assert os.getcwd() == str(tmp_path)
+
+
+def test_inspect_shows_a_stage_files_record(staged):
+    result = invoke("inspect", staged / "opt.onnx")
+    assert result.exit_code == 0, result.output
+    assert "stage optimize (precision fp32)" in result.output and "tiny-encoder.yaml" in result.output
+    assert "fuse_attention 2" in result.output and "export" in result.output.split("timings", 1)[1]

@@ -109,4 +109,17 @@ def _describe_onnx(path: Path) -> str:
     for v in model.graph.output:
         lines.append(f"  out {v.name}: {[d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]}")
     lines.append("ops  " + ", ".join(f"{op} {n}" for op, n in op_histogram(model).items()))
+    from trtcompile.stage import has_stage, read_stage
+
+    if has_stage(model):  # a stage file: what the next stage will take from it
+        stage = read_stage(model, str(path))
+        lines += [f"stage {stage.stage} (precision {stage.precision}) of {stage.source.name} "
+                  f"[{stage.source.task}] from {stage.source.spec}",
+                  f"profile {stage.profile.origin}: " + "; ".join(
+                      f"{b.name} " + ", ".join(f"{d} {lo}..{hi}" for d, (lo, _, hi) in b.dims.items())
+                      for b in stage.profile.buckets)]
+        if stage.passes:
+            lines.append("passes " + ", ".join(f"{p.get('name')} {p.get('matched')}" for p in stage.passes))
+        if stage.timings:
+            lines.append("timings " + ", ".join(f"{k} {v:.1f} s" for k, v in stage.timings.items()))
     return "\n".join(lines)
