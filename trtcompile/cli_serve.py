@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from trtcompile.cli_errors import user_errors
+from trtcompile.cli_errors import command_options
 
 
 def parse_models(package: Path | None, models: tuple[str, ...], name: str | None) -> dict[str, Path]:
@@ -51,7 +51,7 @@ def parse_models(package: Path | None, models: tuple[str, ...], name: str | None
               help="Seconds SIGTERM waits for requests in flight.")
 @click.option("--log-level", type=click.Choice(("critical", "error", "warning", "info", "debug")), default="info",
               show_default=True)
-@user_errors
+@command_options
 def serve(package, models, name, host, port, backend, max_batch, max_queue, api_key, batch_window_ms, threads,
           drain_timeout, log_level):
     """Serve packages over OpenAI's HTTP API: chat/completions (LMs), embeddings (encoders)."""

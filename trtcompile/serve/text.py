@@ -32,7 +32,7 @@ class PackageTokenizer:
         else:
             from transformers import AutoTokenizer
 
-            tok = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+            tok = AutoTokenizer.from_pretrained(str(directory), local_files_only=True, trust_remote_code=False)
             self._encode = lambda text, special: tok(text, add_special_tokens=special)["input_ids"]
             self._decode = lambda ids: tok.decode(ids, skip_special_tokens=True)
             self.token_to_id = tok.convert_tokens_to_ids
