@@ -34,6 +34,13 @@ export_options = _options(
     click.option("--legacy-exporter", is_flag=True, help="Use the TorchScript exporter (opset <= 20)."),
     click.option("--trust-remote-code", is_flag=True, help="Run the Python code a checkpoint ships (config.json "
                  "auto_map). Off by default: read that code first."),
+    click.option("--kv-cache", type=click.Choice(("static", "concat")), default="static", show_default=True,
+                 help="Causal LMs: 'static' = a fixed-size cache updated in place (TensorScatter, opset 24, "
+                      "TensorRT >= 10.15); 'concat' = past + new concatenated each step (older TensorRT)."),
+    click.option("--kv-cache-dtype", type=click.Choice(("auto", "fp32", "fp16", "bf16")), default="auto",
+                 show_default=True, help="Causal LMs: precision of the static KV cache (auto = the weights')."),
+    click.option("--all-logits", is_flag=True,
+                 help="Causal LMs: logits for every position (default: each row's last, what generation reads)."),
 )
 optimize_options = _options(
     click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True),
@@ -91,12 +98,14 @@ build_options = _options(
 )
 
 
-def export_settings(opset, legacy_exporter, trust_remote_code=False, **_):
+def export_settings(opset, legacy_exporter, trust_remote_code=False, kv_cache="static", kv_cache_dtype="auto",
+                    all_logits=False, **_):
     from trtcompile.preflight import default_opset
     from trtcompile.settings import ExportSettings
 
     return ExportSettings(opset=default_opset(legacy_exporter) if opset is None else opset, dynamo=not legacy_exporter,
-                          trust_remote_code=trust_remote_code)
+                          trust_remote_code=trust_remote_code, kv_cache=kv_cache, kv_cache_dtype=kv_cache_dtype,
+                          all_logits=all_logits)
 
 
 def optimize_settings(precision, disabled_passes, keep_io_fp32, **_):

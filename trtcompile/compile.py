@@ -33,7 +33,7 @@ def export_stage(spec: str, profile_path: Path | None, settings: ExportSettings,
     from trtcompile.profiles import load_profile
 
     with progress.stage("load", spec):
-        source = load_source(spec, trust_remote_code=settings.trust_remote_code)
+        source = load_source(spec, settings, trust_remote_code=settings.trust_remote_code)
         profile = load_profile(profile_path) if profile_path else default_profile(source)
     with progress.stage("export", f"opset {settings.opset}, {'dynamo' if settings.dynamo else 'legacy'} exporter"):
         model = export_onnx(source, profile, settings)
@@ -129,15 +129,22 @@ def verify_stage(package_dir: Path, reference, precision: str, settings: VerifyS
     return report
 
 
-def reference_source(spec: str, *, given: bool, trust_remote_code: bool, what: str):
-    """The original model to verify against: `spec` as recorded (or given with --source)."""
+def reference_source(spec: str, *, given: bool, trust_remote_code: bool, what: str, generation: dict | None = None):
+    """The original model to verify against: `spec` as recorded (or given with --source); a causal LM
+    wrapped as the package's `generation` section says (KV-cache form, dtype, length, logits)."""
     from trtcompile.export import load_source
     from trtcompile.stage import source_exists
 
     if not given and not source_exists(spec):
         raise UserError(f"the original model of {what}, {spec!r}, is not there (looked from {str(Path.cwd())!r})",
                         hint="pass --source PATH to where it is now, or --no-verify to skip the comparison")
-    return load_source(spec, trust_remote_code=trust_remote_code)
+    from trtcompile.export.kv_cache import export_settings_for
+
+    source = load_source(spec, export_settings_for(generation), trust_remote_code=trust_remote_code)
+    max_cache = (generation or {}).get("max_cache")
+    if source.fit_profile is not None and max_cache:  # the static cache's length the package was built with
+        source.fit_profile({"buckets": {"cache": {"kv_sequence": [1, 1, int(max_cache)]}}})
+    return source
 
 
 def build_from_stage_file(onnx_file: Path, out: Path, *, build: BuildSettings, source: str | None = None,
@@ -172,7 +179,7 @@ def verify_package(package: Path, *, source: str | None = None, backend: str = "
     manifest = read_manifest(package)
     spec = source or manifest.schema.model.source
     reference = reference_source(spec, given=source is not None, trust_remote_code=trust_remote_code,
-                                 what=f"package {str(package)!r}")
+                                 what=f"package {str(package)!r}", generation=manifest.data.get("generation"))
     return verify_stage(package, reference.reference, manifest.precision,
                         _verify_settings(manifest.precision, atol), progress, backend=backend, hint=VERIFY_HINT)
 

@@ -32,6 +32,13 @@ class ExportSettings:
     # Run the Python a checkpoint ships (config.json auto_map). Off: left to transformers, a "y" on
     # stdin would run it.
     trust_remote_code: bool = False
+    # Causal LMs: "static" = a fixed-size cache per layer updated in place by TensorScatter (opset 24,
+    # TensorRT >= 10.15); "concat" = past + new concatenated into a fresh present (older TensorRT).
+    kv_cache: str = "static"
+    # Cache precision, independent of the weights': "auto" (the weights'), "fp32", "fp16", "bf16".
+    kv_cache_dtype: str = "auto"
+    # Causal LMs: logits for every position (else only each row's last, what generation reads).
+    all_logits: bool = False
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,8 @@
-"""generate()/stream() on compiled tiny causal LMs: token for token against HF `generate`."""
+"""generate()/stream() on compiled tiny causal LMs: token for token against HF `generate`.
+
+Static-cache packages (the default) run through the continuous-batching scheduler; one concat
+package keeps today's single-request loop covered.
+"""
 
 from __future__ import annotations
 
@@ -59,9 +63,18 @@ def test_greedy_matches_hf_generate_token_for_token(packages, family, batch):
 def test_greedy_matches_hf_for_more_families(tmp_path_factory, family):
     package = compiled_decoder(family, tmp_path_factory.mktemp("decoders"))
     ids, mask = prompts(3)
-    expected = hf_generate(family, ids, mask)[:, :9 + 32]
+    expected = hf_generate(family, ids, mask)
     with runtime.load(package, backend="onnxruntime", threads=1) as model:
-        np.testing.assert_array_equal(model.generate(ids, mask, max_new_tokens=32), expected)
+        np.testing.assert_array_equal(model.generate(ids[:1], mask[:1], max_new_tokens=NEW_TOKENS),
+                                      hf_generate(family, ids[:1], mask[:1]))
+        np.testing.assert_array_equal(model.generate(ids, mask, max_new_tokens=NEW_TOKENS), expected)
+
+
+def test_concat_cache_package_matches_hf(tmp_path_factory):
+    package = compiled_decoder("llama", tmp_path_factory.mktemp("decoders"), kv_cache="concat")
+    ids, mask = prompts(3)
+    with runtime.load(package, backend="onnxruntime", threads=1) as model:
+        np.testing.assert_array_equal(model.generate(ids, mask, max_new_tokens=NEW_TOKENS), hf_generate("llama", ids, mask))
 
 
 def test_stop_tokens_end_each_sequence_like_hf(packages):
@@ -111,9 +124,31 @@ def test_choose_tokens_respects_top_k_and_top_p():
     np.testing.assert_array_equal(choose_tokens(logits[:3], Sampling(), None), [0, 0, 0])
 
 
-def test_over_long_requests_name_the_numbers_and_buckets(packages):
-    # The tiny models have 256 positions: prefill sequence 1..256, decode past_sequence 1..255, batch 1..4.
+def test_over_long_requests_name_the_numbers_and_the_cache(packages):
+    # The tiny models have 256 positions: the static cache holds 256 per sequence.
     with runtime.load(packages["gpt2"], backend="onnxruntime") as model:
+        ids = np.full((1, 200), 5, np.int64)
+        with pytest.raises(InputError, match=r"prompt of 200 tokens \+ max_new_tokens 100 needs a context of 299, "
+                                             r"but this package's KV cache holds 256 .*at most 57 new tokens"):
+            model.generate(ids, max_new_tokens=100)
+        with pytest.raises(InputError, match=r"prompt of 300 tokens .* holds 256 .*shorten the prompt"):
+            model.generate(np.full((1, 300), 5, np.int64), max_new_tokens=1)
+        with pytest.raises(InputError, match=r"token id 128, outside this model's vocabulary 0\.\.127"):
+            model.generate(np.array([[5, 128]]), max_new_tokens=2)
+        with pytest.raises(InputError, match="left-padded"):
+            model.generate(np.full((1, 4), 5, np.int64), np.array([[1, 1, 0, 0]]), max_new_tokens=2)
+        with pytest.raises(InputError, match="temperature=0.0 must be > 0"):
+            model.generate(ids[:, :4], max_new_tokens=2, do_sample=True, temperature=0.0)
+        with pytest.raises(InputError, match="max_new_tokens=0 must be >= 1"):
+            model.generate(ids[:, :4], max_new_tokens=0)
+        # The most that fits; a prompt beyond the prefill bucket (256 here) would be chunked.
+        assert model.generate(ids, max_new_tokens=57, stop_tokens=[]).shape == (1, 257)
+        assert model.generate(np.full((5, 4), 5, np.int64), max_new_tokens=2).shape == (5, 6)  # batch 5: 5 slots
+
+
+def test_concat_requests_name_the_numbers_and_buckets(tmp_path_factory):
+    package = compiled_decoder("llama", tmp_path_factory.mktemp("decoders"), kv_cache="concat")
+    with runtime.load(package, backend="onnxruntime") as model:
         ids = np.full((1, 200), 5, np.int64)
         with pytest.raises(InputError, match=r"prompt of 200 tokens \+ max_new_tokens 100 needs a context of 299"
                                              r".*past_sequence 256 at batch 1 \(past_sequence decode: 1\.\.255;.*at most 57 new tokens"):
@@ -122,18 +157,15 @@ def test_over_long_requests_name_the_numbers_and_buckets(packages):
             model.generate(np.full((1, 300), 5, np.int64), max_new_tokens=1)
         with pytest.raises(InputError, match=r"batch 5 fits no prefill bucket.*batch prefill: 1\.\.4"):
             model.generate(np.full((5, 4), 5, np.int64), max_new_tokens=2)
-        with pytest.raises(InputError, match=r"token id 128, outside this model's vocabulary 0\.\.127"):
-            model.generate(np.array([[5, 128]]), max_new_tokens=2)
-        with pytest.raises(InputError, match="left-padded"):
-            model.generate(np.full((1, 4), 5, np.int64), np.array([[1, 1, 0, 0]]), max_new_tokens=2)
-        with pytest.raises(InputError, match="temperature=0.0 must be > 0"):
-            model.generate(ids[:, :4], max_new_tokens=2, do_sample=True, temperature=0.0)
-        assert model.generate(ids, max_new_tokens=57, stop_tokens=[]).shape == (1, 257)  # the most that fits
 
 
-def test_cache_buffers_are_reused_and_host_fallback_agrees(packages):
+def test_cache_buffers_are_reused_and_host_fallback_agrees(tmp_path_factory):
+    """The concat form's single-request loop: buffers reused; a second caller waits (or times out)."""
+    from trtcompile.runtime.generate import GenerationTimeout
+
+    package = compiled_decoder("llama", tmp_path_factory.mktemp("decoders"), kv_cache="concat")
     ids, mask = prompts(3)
-    with runtime.load(packages["llama"], backend="onnxruntime", threads=1) as model:
+    with runtime.load(package, backend="onnxruntime", threads=1) as model:
         first = model.generate(ids, mask, max_new_tokens=16, stop_tokens=[])
         cache = model._kv_cache
         buffers = [b.ctypes.data for pair in cache.buffers for b in pair]
@@ -143,8 +175,8 @@ def test_cache_buffers_are_reused_and_host_fallback_agrees(packages):
         assert model._kv_cache is cache
         running = model.stream(ids, mask, max_new_tokens=4)
         next(running)
-        with pytest.raises(InputError, match="still running"):
-            model.generate(ids, mask, max_new_tokens=2)
+        with pytest.raises(GenerationTimeout, match="held this model for 0.2 s"):
+            model.generate(ids, mask, max_new_tokens=2, timeout=0.2)
         running.close()  # an abandoned stream hands the cache back
         # The generic path (any backend through Model.run) gives the same tokens.
         model._kv_cache = HostKVCache(model, cache.layout, cache.per_token, cache.capacity, cache.dtypes)

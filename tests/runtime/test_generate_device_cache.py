@@ -105,7 +105,7 @@ class FakeTensorRT:
 
 @pytest.fixture(scope="module")
 def package(tmp_path_factory):
-    return compiled_decoder("llama", tmp_path_factory.mktemp("decoders"))
+    return compiled_decoder("llama", tmp_path_factory.mktemp("decoders"), kv_cache="concat")
 
 
 def test_device_cache_stays_on_device_and_matches_the_ort_path(package, monkeypatch):

@@ -49,6 +49,8 @@ def export_onnx(source: Source, profile: Profile, settings: ExportSettings) -> o
     from trtcompile.onnx_io import fix_ir_version, load_model
     from trtcompile.stage import absolute_spec  # verify finds the source again from any directory
 
+    if source.fit_profile is not None:
+        source.fit_profile(profile.to_dict())
     example_shapes = {n: tuple(np.shape(source.example_inputs[n])) for n in source.input_names}
     shapes = resolve_shapes(profile, example_shapes)
     if source.kind == "onnx":

@@ -75,7 +75,7 @@ def _flat(value):
         yield value
 
 
-def load_hf_source(directory: Path, *, trust_remote_code: bool = False) -> Source:
+def load_hf_source(directory: Path, settings=None, *, trust_remote_code: bool = False) -> Source:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the hub, even by accident
     config = read_config(directory)
     check_remote_code(config, directory, trust_remote_code)
@@ -110,7 +110,7 @@ def load_hf_source(directory: Path, *, trust_remote_code: bool = False) -> Sourc
                     tokenizer_dir=tokenizer_dir,
                     sha256=hash_files([directory / "config.json", *weights]))
     if task == "causal-lm":
-        _as_causal_lm(source, model, config)
+        _as_causal_lm(source, model, config, settings)
     elif task == "vision-encoder":
         _as_vision_encoder(source, model, config)
     else:
@@ -174,19 +174,33 @@ def _as_vision_encoder(source: Source, model, config: dict) -> None:
     }
 
 
-def _as_causal_lm(source: Source, model, config: dict) -> None:
-    from trtcompile.export.kv_cache import causal_lm_io
+def _as_causal_lm(source: Source, model, config: dict, settings=None) -> None:
+    from trtcompile.export.kv_cache import causal_lm_io, profile_max_cache
+    from trtcompile.settings import ExportSettings
 
-    io = causal_lm_io(model, config)
-    source.module = io.module
-    source.input_names = io.input_names
-    source.output_names = io.output_names
-    source.example_inputs = io.example_inputs
-    source.known_shapes = io.shapes
-    source.manifest_extra = io.manifest_extra
-    vocab = int(config.get("vocab_size") or 2)
-    source.value_ranges = {"input_ids": (0, vocab), "attention_mask": (0, 2)}
-    source.default_profile = lambda: io.default_profile(config)
+    settings = settings or ExportSettings()
+
+    def wrap(max_cache: int | None = None) -> None:
+        io = causal_lm_io(model, config, kv_cache=settings.kv_cache, kv_cache_dtype=settings.kv_cache_dtype,
+                          all_logits=settings.all_logits, max_cache=max_cache)
+        source.module = io.module
+        source.input_names = io.input_names
+        source.output_names = io.output_names
+        source.example_inputs = io.example_inputs
+        source.known_shapes = io.shapes
+        source.manifest_extra = io.manifest_extra
+        source.value_ranges = io.value_ranges
+        source.onnx_translations = io.onnx_translations
+        source.min_opset = io.min_opset
+        source.default_profile = lambda: io.default_profile(config)
+
+    def fit_profile(profile: dict) -> None:  # a static cache holds the profile's longest kv_sequence
+        want = profile_max_cache(profile)
+        if want and want != source.manifest_extra["generation"].get("max_cache", want):
+            wrap(want)
+
+    wrap()
+    source.fit_profile = fit_profile if settings.kv_cache == "static" else None
 
 
 def _max_positions(config: dict) -> int:

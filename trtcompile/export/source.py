@@ -37,6 +37,11 @@ class Source:
     manifest_extra: dict = field(default_factory=dict)
     default_profile: Callable[[], dict] | None = None
     sha256: str = ""
+    # torch op -> onnxscript function for the dynamo exporter, and the lowest opset the graph needs.
+    onnx_translations: dict = field(default_factory=dict)
+    min_opset: int = 0
+    # Re-derive shape-dependent parts (e.g. a static KV cache's length) from the profile in use.
+    fit_profile: Callable[[dict], None] | None = None
 
     def reference(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Outputs of the original model (PyTorch, or the original ONNX in ONNX Runtime)."""
@@ -68,9 +73,10 @@ def hash_files(paths: list[Path]) -> str:
     return digest.hexdigest()
 
 
-def load_source(spec: "str | Path", *, trust_remote_code: bool = False) -> Source:
+def load_source(spec: "str | Path", settings=None, *, trust_remote_code: bool = False) -> Source:
     """A Hugging Face checkpoint directory, `file.py:factory`, or an `.onnx` file.
 
+    `settings` (ExportSettings) chooses the causal-LM wrapper (KV-cache form and dtype, logits).
     trust_remote_code: run the Python a checkpoint ships (config.json `auto_map`); off by default.
     """
     spec = str(spec)
@@ -86,7 +92,7 @@ def load_source(spec: "str | Path", *, trust_remote_code: bool = False) -> Sourc
     if path.is_dir():
         from trtcompile.export.hf import load_hf_source
 
-        return load_hf_source(path, trust_remote_code=trust_remote_code)
+        return load_hf_source(path, settings, trust_remote_code=trust_remote_code)
     if path.exists():
         raise UserError(f"model {spec!r} is neither a checkpoint directory, a .onnx file nor file.py:factory",
                         hint="pass a Hugging Face checkpoint directory (with config.json), "

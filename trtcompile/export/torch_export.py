@@ -31,6 +31,10 @@ def export_module(source: Source, shapes: dict[str, list], settings: ExportSetti
     if not settings.dynamo and settings.opset > MAX_LEGACY_OPSET:
         raise UserError(f"--opset {settings.opset} is above {MAX_LEGACY_OPSET}, the legacy exporter's maximum",
                         hint=f"use --opset {MAX_LEGACY_OPSET} with --legacy-exporter, or drop --legacy-exporter")
+    if source.onnx_translations and not settings.dynamo:
+        raise UserError(f"{source.spec!r} needs the dynamo exporter (its static KV cache exports as an opset-"
+                        f"{source.min_opset} TensorScatter, which the legacy exporter cannot emit)",
+                        hint="drop --legacy-exporter, or pass --kv-cache concat with it")
     examples = source.example_inputs
     axes = {name: {axis: _axis_name(dim) for axis, dim in enumerate(shape) if isinstance(dim, str)}
             for name, shape in shapes.items()}
@@ -42,7 +46,8 @@ def export_module(source: Source, shapes: dict[str, list], settings: ExportSetti
             if settings.dynamo:
                 program = torch.onnx.export(
                     _Positional(source.module, source.input_names), tuple(examples[n] for n in source.input_names),
-                    dynamo=True, opset_version=settings.opset,
+                    dynamo=True, opset_version=max(settings.opset, source.min_opset),
+                    custom_translation_table=source.onnx_translations or None,
                     input_names=source.input_names, output_names=source.output_names,
                     dynamic_shapes=tuple(axes[n] or None for n in source.input_names),
                     optimize=settings.exporter_optimize, external_data=False, verbose=False,

@@ -80,7 +80,8 @@ class Model:
                                    f"load the package again with trtcompile.runtime.load()")
 
     # Generation, for causal-LM packages (runtime/generate.py).
-    _kv_cache = None  # generate.py's preallocated KV cache, reused across requests that fit
+    _kv_cache = None  # generate.py's preallocated KV cache, reused across requests that fit (concat form)
+    _scheduler = None  # runtime/scheduler.py's continuous-batching loop over the static cache
 
     def generate(self, input_ids, attention_mask=None, max_new_tokens: int = 32, **options) -> np.ndarray:
         """Prompt + new tokens, [batch, prompt + steps]; options as in runtime.generate.generate."""
@@ -120,8 +121,17 @@ class Model:
                         f"so the package does not hold what its manifest promises (e.g. buckets beyond the model's "
                         f"positions, or an edited file); recompile the package")
 
+    def submit(self, prompt_ids, max_new_tokens: int = 32, **options):
+        """Queue one prompt; returns a request to iterate (new token ids) or cancel()."""
+        from trtcompile.runtime.generate import submit
+
+        return submit(self, prompt_ids, max_new_tokens, **options)
+
     def close(self) -> None:
         """Free the backend's sessions/engines and buffers; using the model afterwards is an error."""
+        if self._scheduler is not None:
+            self._scheduler.close()
+            self._scheduler = None
         if self._kv_cache is not None:
             self._kv_cache.close()
             self._kv_cache = None

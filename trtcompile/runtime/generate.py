@@ -1,26 +1,32 @@
-"""Text generation on a causal-LM package: prefill once, then one decode step per new token.
+"""Text generation on a causal-LM package: prefill, then one decode step per new token.
 
     model = trtcompile.runtime.load("out/llama")
     tokens = model.generate(ids, attention_mask=mask, max_new_tokens=64)        # [batch, prompt + new]
     for step in model.stream(ids, max_new_tokens=64, do_sample=True, seed=0):   # [batch] per step
         ...
+    handle = model.submit(prompt_ids, max_new_tokens=64)    # one row; iterate for ints, handle.cancel()
 
-The package's graph maps (new tokens, attention mask, positions, past K/V) to (logits, present
-K/V), present = concat(past, new) (export/kv_cache.py). Batches are left-padded, as HF `generate`
-expects; positions follow HF: cumsum(mask) - 1, then +1 per step. A finished sequence (it produced
-a stop token) keeps pace with pad tokens, and the loop ends when every sequence has finished.
+Batches are left-padded, as HF `generate` expects; positions follow HF (cumsum(mask) - 1, then +1
+per step). A finished sequence (it produced a stop token) yields pad tokens while the others go
+on, and the stream ends when every sequence has finished.
 
-The KV cache lives in preallocated buffers sized once per request (and reused by later requests
-that fit): on ONNX Runtime, two flat host buffers per past tensor bound through IOBinding, so each
-step writes present straight into the buffer the next step reads as past (ping-pong) and nothing
-of the cache is reallocated or copied by us; on TensorRT the same in device memory (DeviceKVCache),
-with only ids/mask/positions going up and logits coming back.
+Static-cache packages (the default, export/kv_cache.py) run on runtime/scheduler.py: every row of
+every call, from any number of threads, becomes one request in a slot of the model's one
+preallocated cache (runtime/static_cache.py: the protocol and one implementation per backend);
+prompts are prefilled in chunks, so a request may be as long as the cache; a call waits for free
+slots (`timeout=` seconds, else forever) rather than racing for them. Each row samples with its
+own generator (seeded per row), so a request's tokens do not depend on what else is running.
+
+Concat-cache packages (`--kv-cache concat`, for TensorRT before 10.15) keep the single-request
+loop below: a whole batch at a time, the cache in preallocated ping-pong buffers (ONNX Runtime
+IOBinding, or device memory on TensorRT); concurrent calls queue on the model's lock.
 
 Imports numpy and trtcompile.runtime only.
 """
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -49,6 +55,9 @@ class DecoderLayout:
     bos_token_id: int | None
     tokenizer_dir: str | None
     vocab_size: int | None
+    kv_cache: str = "concat"  # "static" (TensorScatter, in place) or "concat" (present = past + new)
+    cache_position: str | None = None
+    max_cache: int = 0
 
     @classmethod
     def of(cls, model) -> "DecoderLayout":
@@ -63,7 +72,8 @@ class DecoderLayout:
                    gen.get("position_ids", "position_ids"), gen.get("logits", "logits"),
                    list(gen["past_inputs"]), list(gen["present_outputs"]), int(gen["num_kv_heads"]),
                    int(gen["head_dim"]), eos, gen.get("pad_token_id"), gen.get("bos_token_id"),
-                   gen.get("tokenizer_dir"), gen.get("vocab_size"))
+                   gen.get("tokenizer_dir"), gen.get("vocab_size"), gen.get("kv_cache", "concat"),
+                   gen.get("cache_position"), int(gen.get("max_cache") or 0))
 
 
 @dataclass(frozen=True)
@@ -184,9 +194,7 @@ def _kv_cache_for(model, layout: DecoderLayout, batch: int, capacity: int):
     dtypes = [np.dtype(specs[n].dtype) for n in layout.past_inputs]
     per_token = [batch * layout.num_kv_heads * layout.head_dim] * len(layout.past_inputs)
     cache = getattr(model, "_kv_cache", None)
-    if cache is not None and cache.busy:
-        raise InputError("another generate()/stream() on this model is still running (one KV cache per model): "
-                         "exhaust or close() that stream first, or load the package a second time")
+    assert cache is None or not cache.busy, "the concat cache is used under the model's lock only"
     if cache is None or not cache.fits(per_token, capacity, dtypes):
         if cache is not None:
             cache.close()
@@ -272,6 +280,7 @@ class OrtKVCache(KVCache):
         logits_spec = next(s for s in model.outputs if s.name == layout.logits)
         self.logits_dtype = np.dtype(logits_spec.dtype)
         self.vocab = int(logits_spec.shape[-1])
+        self.last_only = logits_spec.shape[1] == 1  # last-position logits (the default export)
         self.logits = np.empty(0, self.logits_dtype)
         self.binding = self.session.io_binding()
 
@@ -292,47 +301,196 @@ class OrtKVCache(KVCache):
             bind.bind_input(name, "cpu", 0, dt, self._shape(self.length), buf.ctypes.data)
         for name, buf, dt in zip(lay.present_outputs, dst, self.dtypes):
             bind.bind_output(name, "cpu", 0, dt, self._shape(self.length + new), buf.ctypes.data)
-        need = self.batch * new * self.vocab
+        positions_out = 1 if self.last_only else new
+        need = self.batch * positions_out * self.vocab
         if self.logits.size < need:
             self.logits = np.empty(need, self.logits_dtype)
-        bind.bind_output(lay.logits, "cpu", 0, self.logits_dtype, [self.batch, new, self.vocab],
+        bind.bind_output(lay.logits, "cpu", 0, self.logits_dtype, [self.batch, positions_out, self.vocab],
                          self.logits.ctypes.data)
         self.session.run_with_iobinding(bind)
         self.length += new
         self.current = 1 - self.current
-        return self.logits[:need].reshape(self.batch, new, self.vocab)[:, -1, :]
+        return self.logits[:need].reshape(self.batch, positions_out, self.vocab)[:, -1, :]
 
     def close(self) -> None:
         self.buffers = [[], []]
         super().close()
 
 
+class GenerationTimeout(TimeoutError):
+    """Every slot stayed busy for longer than the call's `timeout`."""
+
+
+def _check_ids(layout: DecoderLayout, ids: np.ndarray) -> None:
+    if layout.vocab_size and (ids.min() < 0 or ids.max() >= layout.vocab_size):
+        bad = int(ids.min() if ids.min() < 0 else ids.max())
+        raise InputError(f"input_ids holds token id {bad}, outside this model's vocabulary 0..{layout.vocab_size - 1}; "
+                         f"padding positions too must hold a valid id (e.g. the pad or eos id)")
+
+
+def _stops_and_pad(layout: DecoderLayout, stop_tokens, pad_token_id) -> tuple[np.ndarray, int]:
+    stops = np.asarray(layout.eos_token_id if stop_tokens is None else list(stop_tokens), np.int64)
+    pad = pad_token_id if pad_token_id is not None else layout.pad_token_id
+    if pad is None:
+        pad = int(stops[0]) if stops.size else 0
+    return stops, int(pad)
+
+
+def check_static_request(layout: DecoderLayout, prompt: int, max_new_tokens: int) -> None:
+    """A static-cache request fits when its whole context fits one row of the cache."""
+    if max_new_tokens < 1:
+        raise InputError(f"max_new_tokens={max_new_tokens} must be >= 1")
+    context = prompt + max_new_tokens - 1  # the last token is sampled, never written
+    if context > layout.max_cache:
+        fit = layout.max_cache - prompt + 1
+        advice = f"ask for at most {fit} new tokens, or shorten the prompt" if fit >= 1 else "shorten the prompt"
+        raise InputError(f"prompt of {prompt} tokens + max_new_tokens {max_new_tokens} needs a context of {context}, "
+                         f"but this package's KV cache holds {layout.max_cache} positions per sequence; {advice}, or "
+                         f"recompile with a profile whose kv_sequence reaches {context}")
+
+
 def stream(model, input_ids, attention_mask=None, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, *,
            do_sample: bool = False, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-           seed: int | None = None, stop_tokens=None, pad_token_id: int | None = None) -> Iterator[np.ndarray]:
+           seed: int | None = None, stop_tokens=None, pad_token_id: int | None = None,
+           timeout: float | None = None) -> Iterator[np.ndarray]:
     """Yield the next token of every sequence, [batch] int64, one step at a time.
 
     A sequence that has produced a stop token yields `pad_token_id` from then on; iteration ends
     after max_new_tokens steps or when every sequence has stopped. stop_tokens defaults to the
-    package's eos ids (pass [] to never stop early).
+    package's eos ids (pass [] to never stop early). Safe to call from many threads at once; when
+    the model is busy the call waits, at most `timeout` seconds (then GenerationTimeout).
     """
     layout = DecoderLayout.of(model)
     sampling = Sampling(do_sample, float(temperature), int(top_k), float(top_p))
     sampling.check()
     ids, mask = _as_batch(input_ids, attention_mask)
-    if layout.vocab_size and (ids.min() < 0 or ids.max() >= layout.vocab_size):
-        bad = int(ids.min() if ids.min() < 0 else ids.max())
-        raise InputError(f"input_ids holds token id {bad}, outside this model's vocabulary 0..{layout.vocab_size - 1}; "
-                         f"padding positions too must hold a valid id (e.g. the pad or eos id)")
+    _check_ids(layout, ids)
     batch, prompt = ids.shape
     max_new_tokens = int(max_new_tokens)
+    stops, pad = _stops_and_pad(layout, stop_tokens, pad_token_id)
+    if layout.kv_cache == "static":
+        pads = prompt - mask.sum(axis=1)
+        rows = [ids[row, pads[row]:] for row in range(batch)]
+        check_static_request(layout, max(len(r) for r in rows), max_new_tokens)
+        return _static_stream(model, layout, rows, max_new_tokens, sampling, seed, stops, pad, timeout)
     check_request(model.buckets, batch, prompt, max_new_tokens)
-    stops = np.asarray(layout.eos_token_id if stop_tokens is None else list(stop_tokens), np.int64)
-    pad = pad_token_id if pad_token_id is not None else layout.pad_token_id
-    if pad is None:
-        pad = int(stops[0]) if stops.size else 0
     rng = np.random.default_rng(seed) if do_sample else None
-    return _decode_loop(model, layout, ids, mask, max_new_tokens, sampling, rng, stops, int(pad))
+    return _locked(model, timeout, _decode_loop(model, layout, ids, mask, max_new_tokens, sampling, rng, stops, pad))
+
+
+def _row_chooser(sampling: Sampling, seed: int | None, row: int):
+    """Token choice for one request row, with its own generator: seeded per row, so what a row
+    samples does not depend on the rows it happens to share decode steps with."""
+    if not sampling.do_sample:
+        return lambda logits: int(logits.argmax())
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(row,)) if seed is not None else None)
+    return lambda logits: int(choose_tokens(logits, sampling, rng)[0])
+
+
+def submit(model, prompt_ids, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, *, do_sample: bool = False,
+           temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
+           stop_tokens=None):
+    """Queue one prompt (1-D token ids, no padding) on a static-cache model and return its request
+    at once: iterate it for the new token ids (ints) as they come, `cancel()` it to free its slot
+    (e.g. when a client disconnects). The lower-level form of stream(); does not wait for a slot."""
+    from trtcompile.runtime.scheduler import Request
+
+    layout = DecoderLayout.of(model)
+    if layout.kv_cache != "static":
+        raise PackageError("submit() needs a static-cache package (compiled with --kv-cache static, the default)")
+    sampling = Sampling(do_sample, float(temperature), int(top_k), float(top_p))
+    sampling.check()
+    ids, _ = _as_batch(prompt_ids, None)
+    if ids.shape[0] != 1:
+        raise InputError(f"submit() takes one prompt (1-D ids), got shape {list(ids.shape)}; use stream() for batches")
+    _check_ids(layout, ids)
+    check_static_request(layout, ids.shape[1], int(max_new_tokens))
+    stops, _ = _stops_and_pad(layout, stop_tokens, None)
+    request = Request(ids[0], int(max_new_tokens), _row_chooser(sampling, seed, 0), set(stops.tolist()))
+    return scheduler_for(model, layout).submit(request)
+
+
+_SCHEDULER_LOCK = threading.Lock()
+
+
+def scheduler_for(model, layout: DecoderLayout):
+    """The model's one scheduler (and cache), created on first use by whichever thread gets here first."""
+    with _SCHEDULER_LOCK:
+        scheduler = getattr(model, "_scheduler", None)
+        if scheduler is None:
+            from trtcompile.runtime.scheduler import Scheduler
+
+            cache = _static_cache_for(model, layout)
+            prefill = [b.dims["sequence"][2] for b in model.buckets if "sequence" in b.dims]
+            scheduler = model._scheduler = Scheduler(cache, prefill_chunk=max(prefill or [layout.max_cache]))
+        return scheduler
+
+
+def _static_cache_for(model, layout: DecoderLayout):
+    specs = {s.name: s for s in model.inputs}
+    logits_spec = next(s for s in model.outputs if s.name == layout.logits)
+    dtype = np.dtype(specs[layout.past_inputs[0]].dtype)
+    vocab = int(logits_spec.shape[-1])
+    # Slots = the most rows a decode call takes (the profile's decode batch).
+    decode = [b.dims["batch"][2] for b in model.buckets if b.dims.get("sequence", (0, 0, 0))[2] == 1
+              and "batch" in b.dims]
+    slots = max(decode or [b.dims["batch"][2] for b in model.buckets if "batch" in b.dims] or [1])
+    slots = int(getattr(model, "generation_slots", None) or slots)
+    if model.backend_name == "onnxruntime":
+        from trtcompile.runtime.static_cache import OrtStaticCache
+
+        return OrtStaticCache(model.backend.session, layout, slots, dtype, vocab, np.dtype(logits_spec.dtype))
+    from trtcompile.runtime.static_cache import DeviceStaticCache
+
+    return DeviceStaticCache(model.backend, model.buckets, layout, slots, dtype, vocab)
+
+
+def _static_stream(model, layout, rows, max_new_tokens, sampling, seed, stops, pad, timeout):
+    from trtcompile.runtime.scheduler import Request
+
+    scheduler = scheduler_for(model, layout)
+    stop_set = set(stops.tolist())
+    requests = [Request(r, max_new_tokens, _row_chooser(sampling, seed, i), stop_set) for i, r in enumerate(rows)]
+    for request in requests:
+        scheduler.submit(request)
+    try:
+        if not scheduler.wait_admitted(requests, timeout):
+            raise GenerationTimeout(f"all {len(scheduler.rows)} generation slots of this model stayed busy for "
+                                    f"{timeout} s; retry later, raise timeout=, or recompile with a larger decode "
+                                    f"batch (slots)")
+        streams = [iter(r) for r in requests]
+        done = [False] * len(requests)
+        while True:
+            step = np.full(len(requests), pad, np.int64)
+            for i, it in enumerate(streams):
+                if not done[i]:
+                    token = next(it, None)
+                    if token is None:
+                        done[i] = True
+                    else:
+                        step[i] = token
+            if all(done):
+                return
+            yield step
+    finally:
+        scheduler.cancel([r for r in requests if not r.finished])
+
+
+_LOCKS_LOCK = threading.Lock()
+
+
+def _locked(model, timeout, loop):
+    """Run the concat cache's single-request loop holding the model's lock (waiting for it)."""
+    with _LOCKS_LOCK:
+        lock = model.__dict__.setdefault("_generate_lock", threading.Lock())
+    if not lock.acquire(timeout=-1 if timeout is None else timeout):
+        raise GenerationTimeout(f"another generate()/stream() held this model for {timeout} s; retry later or "
+                                f"raise timeout=")
+    try:
+        yield from loop
+    finally:
+        loop.close()
+        lock.release()
 
 
 def _decode_loop(model, layout, ids, mask, max_new_tokens, sampling, rng, stops, pad) -> Iterator[np.ndarray]:
@@ -363,16 +521,17 @@ def _decode_loop(model, layout, ids, mask, max_new_tokens, sampling, rng, stops,
 
 def generate(model, input_ids, attention_mask=None, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, *,
              do_sample: bool = False, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-             seed: int | None = None, stop_tokens=None, pad_token_id: int | None = None) -> np.ndarray:
+             seed: int | None = None, stop_tokens=None, pad_token_id: int | None = None,
+             timeout: float | None = None) -> np.ndarray:
     """The prompt followed by the new tokens, [batch, prompt + steps] int64, like HF `generate`.
 
     steps <= max_new_tokens: it is shorter when every sequence stopped early; sequences that
-    stopped before the others are filled with pad_token_id.
+    stopped before the others are filled with pad_token_id. Thread-safe (see stream()).
     """
     ids, _ = _as_batch(input_ids, attention_mask)
     steps = list(stream(model, input_ids, attention_mask, max_new_tokens, do_sample=do_sample,
                         temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, stop_tokens=stop_tokens,
-                        pad_token_id=pad_token_id))
+                        pad_token_id=pad_token_id, timeout=timeout))
     return np.concatenate([ids, np.stack(steps, axis=1)], axis=1)
 
 

@@ -1,0 +1,152 @@
+"""The static KV cache behind one small protocol, one implementation per backend.
+
+A static-cache package (export/kv_cache.py) takes every layer's cache as an input
+[batch, kv_heads, max_cache, head_dim] and returns it, updated by TensorScatter, as the matching
+output. The runtime allocates the cache once, `slots` rows deep, and binds the same memory as
+input and output, so the update happens in place (ONNX Runtime's TensorScatter checks that past
+and present share a buffer; TensorRT's KV-cache layer requires it). A call works on a contiguous
+range of rows: a prefill chunk on one row (batch 1 at that row's offset), a decode step on rows
+[0, n). Rows are contiguous in memory, so a range is one pointer and a batch size, no copy.
+
+The protocol (what runtime/scheduler.py uses, nothing else):
+
+    cache.slots, cache.max_cache, cache.vocab
+    cache.run(first_row, ids [n, S], positions [n, S], write [n], kv_len) -> logits [n, vocab]
+    cache.close()
+
+`write[i]` is where row first_row+i's S new tokens go (its current length); attention reads the
+first kv_len slots of each row (>= every row's write + S, a multiple of KV_STEP so shapes repeat),
+and the graph's own causal rule (slot j visible to new token i iff j <= write + i) hides whatever
+a row holds beyond its length, so the mask input is all ones and costs nothing per step.
+
+Imports numpy only (+ the backend's own libraries, lazily).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# kv_len grows in steps of this many slots: attention work follows the context in use, while
+# shapes (ORT's per-shape state, TensorRT's CUDA graphs) repeat for KV_STEP tokens.
+KV_STEP = 32
+
+
+def kv_length(needed: int, max_cache: int) -> int:
+    return min(max_cache, -(-needed // KV_STEP) * KV_STEP)
+
+
+class OrtStaticCache:
+    """ONNX Runtime on CPU: one numpy buffer per cache tensor, bound through IOBinding as both the
+    past input and the present output (the same address, so TensorScatter writes in place)."""
+
+    def __init__(self, session, layout, slots: int, dtype: np.dtype, vocab: int, logits_dtype: np.dtype):
+        self.session, self.layout = session, layout
+        self.slots, self.max_cache, self.vocab = slots, layout.max_cache, vocab
+        self.dtype = np.dtype(dtype)
+        row = (layout.num_kv_heads, layout.max_cache, layout.head_dim)
+        self.buffers = [np.zeros((slots, *row), self.dtype) for _ in layout.past_inputs]
+        self.row_bytes = int(np.prod(row)) * self.dtype.itemsize
+        self.ones = np.ones(slots * layout.max_cache, np.int64)
+        self.logits = np.empty(slots * vocab, logits_dtype)
+        self.logits_dtype = np.dtype(logits_dtype)
+        # One binding per call shape family, so a decode step after a prefill chunk rebinds nothing
+        # but the small inputs: key -> (binding, (first, n) the caches are bound for).
+        self.bindings: dict[str, list] = {}
+
+    def _binding(self, kind: str, first: int, n: int):
+        entry = self.bindings.get(kind)
+        if entry is None:
+            entry = self.bindings[kind] = [self.session.io_binding(), None]
+        binding, bound = entry
+        if bound != (first, n):
+            lay, shape = self.layout, [n, self.layout.num_kv_heads, self.max_cache, self.layout.head_dim]
+            for past, present, buf in zip(lay.past_inputs, lay.present_outputs, self.buffers):
+                ptr = buf.ctypes.data + first * self.row_bytes
+                binding.bind_input(past, "cpu", 0, self.dtype, shape, ptr)
+                binding.bind_output(present, "cpu", 0, self.dtype, shape, ptr)
+            binding.bind_output(lay.logits, "cpu", 0, self.logits_dtype, [n, 1, self.vocab], self.logits.ctypes.data)
+            entry[1] = (first, n)
+        return binding
+
+    def run(self, first: int, ids: np.ndarray, positions: np.ndarray, write: np.ndarray, kv_len: int) -> np.ndarray:
+        n, new = ids.shape
+        if first < 0 or first + n > self.slots:
+            raise ValueError(f"rows {first}..{first + n - 1} outside the cache's {self.slots} slots")
+        if int(write.max()) + new > self.max_cache or kv_len > self.max_cache:
+            # TensorRT drops out-of-bounds writes silently: never let one reach a backend.
+            raise ValueError(f"a write of {new} tokens at {int(write.max())} overflows the cache of {self.max_cache}")
+        lay = self.layout
+        binding = self._binding("prefill" if new > 1 else "decode", first, n)
+        binding.bind_cpu_input(lay.input_ids, ids)
+        binding.bind_cpu_input(lay.position_ids, positions)
+        binding.bind_cpu_input(lay.cache_position, write)
+        binding.bind_cpu_input(lay.attention_mask, self.ones[: n * kv_len].reshape(n, kv_len))
+        self.session.run_with_iobinding(binding)
+        return self.logits[: n * self.vocab].reshape(n, self.vocab)
+
+    def close(self) -> None:
+        self.bindings.clear()
+        self.buffers = []
+
+
+class DeviceStaticCache:
+    """TensorRT: the same protocol on device memory. One arena holds every layer's cache; the past
+    input and the present output of a layer are bound to the same device address (TensorRT's
+    KV-cache update layer requires it), at the row range's offset. Only ids/positions/write/mask go
+    up and only the last-position logits come down.
+
+    Written from TensorRT's documentation (tensorrt11.md) against EngineSession's API; it has not
+    run on a GPU here (no TensorRT, no GPU on these machines).
+    """
+
+    def __init__(self, backend, buckets, layout, slots: int, dtype: np.dtype, vocab: int):
+        from trtcompile.runtime import cuda
+
+        self.backend, self.buckets, self.layout = backend, buckets, layout
+        self.slots, self.max_cache, self.vocab = slots, layout.max_cache, vocab
+        self.dtype = np.dtype(dtype)
+        self.row_bytes = layout.num_kv_heads * layout.max_cache * layout.head_dim * self.dtype.itemsize
+        sizes = {name: slots * self.row_bytes for name in layout.past_inputs}
+        self.offsets, total = cuda.layout(sizes)
+        self.arena = cuda.DeviceArena(total)
+        cuda.check(cuda._cudart().cudaMemset(self.arena.ptr, 0, total), "cudaMemset")
+        self.ones = np.ones(slots * layout.max_cache, np.int64)
+        self.touched: dict[str, object] = {}
+
+    def _session(self, n: int, new: int, kv_len: int):
+        dims = {"batch": n, "sequence": new, "kv_sequence": kv_len}
+        fitting = [b for b in self.buckets if b.contains(dims)]
+        if not fitting:
+            raise ValueError(f"no bucket holds batch {n}, sequence {new}, kv_sequence {kv_len}")
+        session = self.backend.session(min(fitting, key=lambda b: b.size()))
+        self.touched[session.bucket.name if hasattr(session, "bucket") else id(session)] = session
+        return session
+
+    def run(self, first: int, ids: np.ndarray, positions: np.ndarray, write: np.ndarray, kv_len: int) -> np.ndarray:
+        n, new = ids.shape
+        if int(write.max()) + new > self.max_cache:
+            raise ValueError(f"a write of {new} tokens at {int(write.max())} overflows the cache of {self.max_cache}")
+        lay = self.layout
+        session = self._session(n, new, kv_len)
+        session.upload({lay.input_ids: ids, lay.position_ids: positions, lay.cache_position: write,
+                        lay.attention_mask: self.ones[: n * kv_len].reshape(n, kv_len)})
+        shape = (n, lay.num_kv_heads, self.max_cache, lay.head_dim)
+        for past, present in zip(lay.past_inputs, lay.present_outputs):
+            ptr = self.arena.ptr + self.offsets[past] + first * self.row_bytes
+            session.bind(past, ptr)
+            session.bind(present, ptr)
+        session.set_input_shapes({name: shape for name in lay.past_inputs})
+        session.enqueue()
+        logits = session.download([lay.logits], copy=False)[lay.logits]
+        return logits.reshape(n, self.vocab)
+
+    def close(self) -> None:
+        for session in self.touched.values():
+            if getattr(session, "context", None) is None:
+                continue
+            for name in [*self.layout.past_inputs, *self.layout.present_outputs]:
+                session.bind(name, session.tensors[name].device_ptr)
+        self.touched = {}
+        if self.arena is not None:
+            self.arena.close()
+            self.arena = None
