@@ -121,6 +121,13 @@ class Model:
                         f"so the package does not hold what its manifest promises (e.g. buckets beyond the model's "
                         f"positions, or an edited file); recompile the package")
 
+    @property
+    def slots(self) -> int | None:
+        """Requests decoded at once (continuous batching), or None: one generate()/stream() at a time."""
+        from trtcompile.runtime.generate import slots_of
+
+        return slots_of(self)
+
     def submit(self, prompt_ids, max_new_tokens: int = 32, **options):
         """Queue one prompt; returns a request to iterate (new token ids) or cancel()."""
         from trtcompile.runtime.generate import submit

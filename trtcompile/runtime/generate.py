@@ -426,16 +426,23 @@ def scheduler_for(model, layout: DecoderLayout):
         return scheduler
 
 
+def slots_of(model) -> int | None:
+    """How many requests the model decodes at once: a static-cache package's slots (the most rows a
+    decode call takes, the profile's decode batch); None for other packages (one request at a time)."""
+    gen = model.manifest.data.get("generation") or {}
+    if gen.get("kv_cache") != "static":
+        return None
+    decode = [b.dims["batch"][2] for b in model.buckets if b.dims.get("sequence", (0, 0, 0))[2] == 1
+              and "batch" in b.dims]
+    return int(max(decode or [b.dims["batch"][2] for b in model.buckets if "batch" in b.dims] or [1]))
+
+
 def _static_cache_for(model, layout: DecoderLayout):
     specs = {s.name: s for s in model.inputs}
     logits_spec = next(s for s in model.outputs if s.name == layout.logits)
     dtype = np.dtype(specs[layout.past_inputs[0]].dtype)
     vocab = int(logits_spec.shape[-1])
-    # Slots = the most rows a decode call takes (the profile's decode batch).
-    decode = [b.dims["batch"][2] for b in model.buckets if b.dims.get("sequence", (0, 0, 0))[2] == 1
-              and "batch" in b.dims]
-    slots = max(decode or [b.dims["batch"][2] for b in model.buckets if "batch" in b.dims] or [1])
-    slots = int(getattr(model, "generation_slots", None) or slots)
+    slots = slots_of(model)
     if model.backend_name == "onnxruntime":
         from trtcompile.runtime.static_cache import OrtStaticCache
 

@@ -81,6 +81,8 @@ class Scheduler:
         self.waiting: collections.deque[Request] = collections.deque()
         self.wakeup = threading.Condition()
         self.closed = False
+        # Counters for tests and benchmarks: decode steps, prefill chunks, most rows in one step.
+        self.stats = {"decode_steps": 0, "prefill_chunks": 0, "peak_rows": 0}
         self.thread = threading.Thread(target=self._loop, name="trtcompile-decode", daemon=True)
         self.thread.start()
 
@@ -181,6 +183,7 @@ class Scheduler:
         logits = self.cache.run(slot, chunk[None, :], positions, np.array([start], np.int64),
                                 kv_length(end, self.cache.max_cache))
         request.length = end
+        self.stats["prefill_chunks"] += 1
         if not request.prefilling:  # the whole prompt is in: its logits give the first token
             self._emit(slot, request, logits)
 
@@ -199,6 +202,8 @@ class Scheduler:
                     ids[slot, 0] = request.next_token
         needed = max(self.rows[s].length for s in decoding) + 1
         logits = self.cache.run(0, ids, write[:, None].copy(), write, kv_length(needed, self.cache.max_cache))
+        self.stats["decode_steps"] += 1
+        self.stats["peak_rows"] = max(self.stats["peak_rows"], len(decoding))
         for slot in decoding:
             request = self.rows[slot]
             request.length += 1

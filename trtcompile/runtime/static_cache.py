@@ -119,7 +119,7 @@ class DeviceStaticCache:
         if not fitting:
             raise ValueError(f"no bucket holds batch {n}, sequence {new}, kv_sequence {kv_len}")
         session = self.backend.session(min(fitting, key=lambda b: b.size()))
-        self.touched[session.bucket.name if hasattr(session, "bucket") else id(session)] = session
+        self.touched[id(session)] = session
         return session
 
     def run(self, first: int, ids: np.ndarray, positions: np.ndarray, write: np.ndarray, kv_len: int) -> np.ndarray:
@@ -128,16 +128,24 @@ class DeviceStaticCache:
             raise ValueError(f"a write of {new} tokens at {int(write.max())} overflows the cache of {self.max_cache}")
         lay = self.layout
         session = self._session(n, new, kv_len)
-        session.upload({lay.input_ids: ids, lay.position_ids: positions, lay.cache_position: write,
-                        lay.attention_mask: self.ones[: n * kv_len].reshape(n, kv_len)})
-        shape = (n, lay.num_kv_heads, self.max_cache, lay.head_dim)
-        for past, present in zip(lay.past_inputs, lay.present_outputs):
-            ptr = self.arena.ptr + self.offsets[past] + first * self.row_bytes
-            session.bind(past, ptr)
-            session.bind(present, ptr)
-        session.set_input_shapes({name: shape for name in lay.past_inputs})
-        session.enqueue()
-        logits = session.download([lay.logits], copy=False)[lay.logits]
+        lock = getattr(session, "lock", None)  # the session's own lock around a whole step, where it has one
+        if lock is not None:
+            lock.acquire()
+        try:
+            session.upload({lay.input_ids: ids, lay.position_ids: positions, lay.cache_position: write,
+                            lay.attention_mask: self.ones[: n * kv_len].reshape(n, kv_len)})
+            shape = (n, lay.num_kv_heads, self.max_cache, lay.head_dim)
+            for past, present in zip(lay.past_inputs, lay.present_outputs):
+                # Input and output on one address: TensorRT's KV-cache update writes in place.
+                ptr = self.arena.ptr + self.offsets[past] + first * self.row_bytes
+                session.bind(past, ptr)
+                session.bind(present, ptr)
+            session.set_input_shapes({name: shape for name in lay.past_inputs})
+            session.enqueue()
+            logits = session.download([lay.logits], copy=True)[lay.logits]
+        finally:
+            if lock is not None:
+                lock.release()
         return logits.reshape(n, self.vocab)
 
     def close(self) -> None:
@@ -145,7 +153,10 @@ class DeviceStaticCache:
             if getattr(session, "context", None) is None:
                 continue
             for name in [*self.layout.past_inputs, *self.layout.present_outputs]:
-                session.bind(name, session.tensors[name].device_ptr)
+                if hasattr(session, "release"):  # hand the tensor back to the session's own buffer
+                    session.release(name)
+                else:
+                    session.bind(name, session.tensors[name].device_ptr)
         self.touched = {}
         if self.arena is not None:
             self.arena.close()
