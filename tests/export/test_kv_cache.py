@@ -84,6 +84,8 @@ def test_bad_kv_options_name_the_value():
         causal_lm_io(model, model.config.to_dict(), kv_cache="ring")
     with pytest.raises(UserError, match="--kv-cache-dtype 'int8' is not one of"):
         causal_lm_io(model, model.config.to_dict(), kv_cache_dtype="int8")
+    with pytest.raises(UserError, match="--kv-cache-dtype bf16 cannot be verified here"):
+        causal_lm_io(model, model.config.to_dict(), kv_cache_dtype="bf16")
     with pytest.raises(UserError, match="--kv-cache-dtype fp16 needs --kv-cache static"):
         causal_lm_io(model, model.config.to_dict(), kv_cache="concat", kv_cache_dtype="fp16")
 

@@ -213,3 +213,35 @@ def test_generate_runs_without_torch_onnx_or_transformers(packages):
     """)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr
+
+
+def test_static_cache_updates_in_place_without_ort_copy_warning(packages):
+    """Past and present bound to one buffer: ORT's TensorScatter writes in place and never warns
+    "in-place optimization not activated" (which the unbound Model.run path does, as a control)."""
+    code = textwrap.dedent(f"""
+        import numpy as np
+        import onnxruntime as ort
+        from trtcompile import runtime
+        model = runtime.load({str(packages["llama"])!r}, backend="onnxruntime", threads=1)
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 1  # warnings and info
+        model.backend.session = ort.InferenceSession(str(model.manifest.path("model.onnx")), opts,
+                                                     providers=["CPUExecutionProvider"])
+        out = model.generate(np.array([[5, 6, 7]]), max_new_tokens=6, stop_tokens=[])
+        print("GENERATED", out.shape, flush=True)
+        import os
+        os.write(2, b"MARK\\n")  # stderr is written unbuffered by ORT too: this splits it in two
+        feeds = {{"input_ids": np.array([[5]]), "attention_mask": np.ones((1, 4), np.int64),
+                  "position_ids": np.array([[3]]), "cache_position": np.array([3])}}
+        for name in model.backend.session.get_inputs():
+            if name.name.startswith("past_key_values."):
+                feeds[name.name] = np.zeros((1, 2, 256, 16), np.float32)
+        model.backend.run(feeds, None)
+        print("CONTROL", flush=True)
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "GENERATED (1, 9)" in result.stdout and "CONTROL" in result.stdout, result.stderr[-2000:]
+    warning = "in-place optimization not activated"
+    during_generate, during_control = result.stderr.split("MARK\n", 1)
+    assert warning not in during_generate
+    assert during_control.count(warning) == 4  # one per cache tensor of the 2-layer model

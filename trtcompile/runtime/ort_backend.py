@@ -14,7 +14,8 @@ from trtcompile.runtime.shapes import Bucket
 class OnnxRuntimeBackend:
     name = "onnxruntime"
 
-    def __init__(self, manifest: Manifest, *, providers: list[str] | None = None, threads: int | None = None):
+    def __init__(self, manifest: Manifest, *, providers: list[str] | None = None, threads: int | None = None,
+                 spinning: bool = False):
         try:
             import onnxruntime as ort
         except ImportError as exc:
@@ -23,6 +24,12 @@ class OnnxRuntimeBackend:
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
+        # Spinning keeps idle worker threads busy-waiting for the next op: a little faster on an idle
+        # machine, but on a shared CPU the spinners steal the cores the other threads (and other
+        # processes) need. Off by default; `trtcompile bench generate` measures both, quiet and contended.
+        spin = "1" if spinning else "0"
+        opts.add_session_config_entry("session.intra_op.allow_spinning", spin)
+        opts.add_session_config_entry("session.inter_op.allow_spinning", spin)
         opts.log_severity_level = 3
         model_file = manifest.data.get("model_file", "model.onnx")
         for name in (model_file, model_file + ".data"):

@@ -109,9 +109,16 @@ class DeviceStaticCache:
         sizes = {name: slots * self.row_bytes for name in layout.past_inputs}
         self.offsets, total = cuda.layout(sizes)
         self.arena = cuda.DeviceArena(total)
-        cuda.check(cuda._cudart().cudaMemset(self.arena.ptr, 0, total), "cudaMemset")
+        self._zero(total)
         self.ones = np.ones(slots * layout.max_cache, np.int64)
         self.touched: dict[str, object] = {}
+
+    def _zero(self, nbytes: int) -> None:
+        # Slots past a row's length are masked, never read as values, but garbage there could be a
+        # NaN bit pattern, and a masked NaN score still poisons a softmax: start from zeros.
+        from trtcompile.runtime import cuda
+
+        cuda.check(cuda._cudart().cudaMemset(self.arena.ptr, 0, nbytes), "cudaMemset")
 
     def _session(self, n: int, new: int, kv_len: int):
         dims = {"batch": n, "sequence": new, "kv_sequence": kv_len}
