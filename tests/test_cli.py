@@ -35,3 +35,16 @@ def test_int8_without_calibration_data(checkpoint, tmp_path):
     assert result.exit_code == 1
     assert "--precision int8 needs calibration data" in result.output and "--calibration-data" in result.output
     assert not (tmp_path / "o").exists()
+
+
+def test_kv_cache_options_map_onto_export_settings():
+    from trtcompile.cli import export_settings
+
+    ctx = cli.commands["compile"].make_context(
+        "compile", ["m", "-o", "o", "--kv-cache", "concat", "--kv-cache-dtype", "fp16", "--all-logits"])
+    settings = export_settings(**ctx.params)
+    assert (settings.kv_cache, settings.kv_cache_dtype, settings.all_logits) == ("concat", "fp16", True)
+    defaults = export_settings(**cli.commands["compile"].make_context("compile", ["m", "-o", "o"]).params)
+    assert (defaults.kv_cache, defaults.kv_cache_dtype, defaults.all_logits) == ("static", "auto", False)
+    result = CliRunner().invoke(cli, ["compile", "m", "-o", "o", "--kv-cache", "ring"])
+    assert result.exit_code == 2 and "--kv-cache" in result.output and "'ring' is not one of" in result.output
