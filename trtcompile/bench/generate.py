@@ -78,12 +78,18 @@ def smollm2_checkpoint(work: Path) -> Path:
 
 
 def our_package(work: Path, checkpoint: Path, kv_dtype: str) -> Path:
+    """kv_dtype fp16/fp32: a static-cache package; "concat": today's concat-cache graph (default profile)."""
     import yaml
 
     from trtcompile.compile import compile_package
     from trtcompile.progress import Progress
     from trtcompile.settings import ExportSettings
 
+    if kv_dtype == "concat":
+        out = work / "smollm2-concat"
+        if not (out / "manifest.json").is_file():
+            compile_package(str(checkpoint), out, export=ExportSettings(kv_cache="concat"), progress=Progress())
+        return out
     out = work / f"smollm2-static-{kv_dtype}"
     if not (out / "manifest.json").is_file():
         profile = work / "profile-static.yaml"
@@ -270,6 +276,8 @@ class BusyProcess:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="trtcompile bench generate", description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=DEFAULT_WORK, help="where checkpoints and packages are cached")
+    parser.add_argument("--checkpoint", type=Path, help="a SmolLM2 HF checkpoint (default: made from the GGUF "
+                                                        "under --work)")
     parser.add_argument("--threads", type=int, default=2, help="intra-op threads for every engine")
     parser.add_argument("--rounds", type=int, default=3, help="alternated calls per engine and cell")
     parser.add_argument("--steps", type=int, default=16, help="decode steps timed per call")
@@ -277,6 +285,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--contexts", default="16,256,1024,2048")
     parser.add_argument("--streams", default="1,4,8")
     parser.add_argument("--peers", default="ortgenai,ct2,hf", help="comma list of ortgenai, ct2, hf (or none)")
+    parser.add_argument("--concat", action="store_true", help="also run today's concat-cache graph (one more compile)")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     args.work.mkdir(parents=True, exist_ok=True)
@@ -284,9 +293,11 @@ def main(argv: list[str] | None = None) -> None:
     stream_counts = [int(s) for s in args.streams.split(",")]
     peers = [p for p in args.peers.split(",") if p and p != "none"]
 
-    checkpoint = smollm2_checkpoint(args.work)
+    checkpoint = args.checkpoint or smollm2_checkpoint(args.work)
     ours = {"ours fp16 cache": Ours(our_package(args.work, checkpoint, "fp16"), args.threads),
             "ours fp32 cache": Ours(our_package(args.work, checkpoint, "fp32"), args.threads)}
+    if args.concat:
+        ours["ours concat cache (before)"] = Ours(our_package(args.work, checkpoint, "concat"), args.threads)
     others = {}
     if "ortgenai" in peers:
         others["ORT GenAI fp32"] = OrtGenAI(ortgenai_model(args.work, checkpoint, args.threads))
