@@ -35,7 +35,8 @@ def export_stage(spec: str, profile_path: Path | None, settings: ExportSettings,
     with progress.stage("load", spec):
         source = load_source(spec, settings, trust_remote_code=settings.trust_remote_code)
         profile = load_profile(profile_path) if profile_path else default_profile(source)
-    with progress.stage("export", f"opset {settings.opset}, {'dynamo' if settings.dynamo else 'legacy'} exporter"):
+    opset = max(settings.opset, source.min_opset)  # a static KV cache needs opset 24 (TensorScatter)
+    with progress.stage("export", f"opset {opset}, {'dynamo' if settings.dynamo else 'legacy'} exporter"):
         model = export_onnx(source, profile, settings)
     return source, model
 
