@@ -131,10 +131,10 @@ def ct2_model(work: Path, checkpoint: Path) -> Path:
 
 
 class Ours:
-    def __init__(self, package: Path, threads: int, spinning: bool = False):
+    def __init__(self, package: Path, threads: int, spinning: bool = False, config: dict | None = None):
         from trtcompile import runtime
 
-        self.model = runtime.load(package, backend="onnxruntime", threads=threads, spinning=spinning)
+        self.model = runtime.load(package, backend="onnxruntime", threads=threads, spinning=spinning, config=config)
 
     def __call__(self, ids: np.ndarray, new: int) -> list[float]:
         start, marks = time.perf_counter(), []
@@ -358,6 +358,8 @@ def main(argv: list[str] | None = None) -> None:
     settings = {f"ours fp16 cache, {args.threads} threads, no spinning": fp16,
                 f"ours fp16 cache, {args.threads} threads, spinning": Ours(our_package(args.work, checkpoint, "fp16"),
                                                                         args.threads, spinning=True),
+                f"ours fp16 cache, {args.threads} threads, dynamic blocks": Ours(
+                    our_package(args.work, checkpoint, "fp16"), args.threads, config={"session.dynamic_block_base": "4"}),
                 "ours fp16 cache, 1 thread, no spinning": Ours(our_package(args.work, checkpoint, "fp16"), 1),
                 **others}
     quiet = alternate(settings, short, args.steps, args.rounds)

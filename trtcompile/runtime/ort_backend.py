@@ -15,7 +15,7 @@ class OnnxRuntimeBackend:
     name = "onnxruntime"
 
     def __init__(self, manifest: Manifest, *, providers: list[str] | None = None, threads: int | None = None,
-                 spinning: bool = False):
+                 spinning: bool = False, config: dict[str, str] | None = None):
         try:
             import onnxruntime as ort
         except ImportError as exc:
@@ -30,6 +30,8 @@ class OnnxRuntimeBackend:
         spin = "1" if spinning else "0"
         opts.add_session_config_entry("session.intra_op.allow_spinning", spin)
         opts.add_session_config_entry("session.inter_op.allow_spinning", spin)
+        for key, value in (config or {}).items():  # any other ORT session config entry
+            opts.add_session_config_entry(str(key), str(value))
         opts.log_severity_level = 3
         model_file = manifest.data.get("model_file", "model.onnx")
         for name in (model_file, model_file + ".data"):
