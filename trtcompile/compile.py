@@ -121,6 +121,9 @@ def verify_stage(package_dir: Path, reference, precision: str, settings: VerifyS
 
     with progress.stage("verify", f"against the original model ({backend})"):
         with runtime.load(package_dir, backend=backend) as model:
+            from trtcompile.export.kv_cache import verification_precision
+
+            precision = verification_precision(precision, model.manifest.data)
             report = verify(model, reference, precision=precision, settings=settings,
                             on_case=lambda b, d: progress.step(f"verify: bucket {b} {d}"))
     worst = ", ".join(f"{n}: max abs {w['max_abs']:.2g}, cosine {w['min_cosine']:.6f}" for n, w in report["worst"].items())

@@ -245,3 +245,14 @@ def test_static_cache_updates_in_place_without_ort_copy_warning(packages):
     during_generate, during_control = result.stderr.split("MARK\n", 1)
     assert warning not in during_generate
     assert during_control.count(warning) == 4  # one per cache tensor of the 2-layer model
+
+
+def test_fp16_cache_matches_hf_greedy(tmp_path_factory):
+    """An FP16 KV cache under FP32 weights: the same greedy tokens as HF's FP32 cache on these prompts,
+    and the package was verified at FP16 tolerances (its cache outputs are FP16)."""
+    package = compiled_decoder("llama", tmp_path_factory.mktemp("decoders"), kv_cache_dtype="fp16")
+    ids, mask = prompts(3)
+    with runtime.load(package, backend="onnxruntime", threads=1) as model:
+        assert {s.name: s.dtype for s in model.inputs}["past_key_values.0.key"] == "float16"
+        assert model.manifest.data["accuracy"]["precision"] == "fp16"
+        np.testing.assert_array_equal(model.generate(ids, mask, max_new_tokens=NEW_TOKENS), hf_generate("llama", ids, mask))

@@ -262,6 +262,16 @@ def profile_max_cache(profile_dict: dict) -> int | None:
     return max(highs) if highs else None
 
 
+def verification_precision(precision: str, manifest: dict) -> str:
+    """The precision a package is verified at: an FP16 KV cache holds K/V to FP16 whatever the
+    weights (its outputs are FP16, and a rounding flip of a cached value moves the logits by more
+    than FP32's bound), so an FP32 package with an FP16 cache is held to FP16's tolerances."""
+    cache = (manifest.get("generation") or {}).get("kv_cache_dtype")
+    if precision == "fp32" and cache in ("float16", "bfloat16"):
+        return "fp16" if cache == "float16" else "bf16"
+    return precision
+
+
 def causal_lm_io(model, config: dict, *, kv_cache: str = "static", kv_cache_dtype: str | None = None,
                  all_logits: bool = False, max_cache: int | None = None) -> DecoderIO:
     """Wrap a HF causal LM (GPT-2, Llama, Mistral, Qwen2, ...) for export with a KV cache."""
