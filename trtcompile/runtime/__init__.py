@@ -59,7 +59,7 @@ class Model:
         self._value_ranges.check(feeds)
         try:
             return self.backend.run(feeds, bucket)
-        except (InputError, PackageError):
+        except (InputError, PackageError, TimeoutError):  # TimeoutError: all slots busy (GenerationTimeout)
             raise
         except Exception as exc:  # noqa: BLE001 - ORT/TensorRT raise their own types; say what the call was
             raise self._run_error(exc, bucket, feeds) from exc
@@ -91,7 +91,7 @@ class Model:
         max_new_tokens, options = generation_options(self.manifest, input_ids, max_new_tokens, options)
         try:
             return generate(self, input_ids, attention_mask, max_new_tokens, **options)
-        except (InputError, PackageError):
+        except (InputError, PackageError, TimeoutError):  # TimeoutError: all slots busy (GenerationTimeout)
             raise
         except Exception as exc:  # noqa: BLE001 - the backend's own error types; say what the call was
             raise self._generation_error(exc, input_ids) from exc
@@ -109,7 +109,7 @@ class Model:
         reaches the inner generator through `yield from`, so a cancelled stream frees its cache)."""
         try:
             yield from steps
-        except (InputError, PackageError):
+        except (InputError, PackageError, TimeoutError):  # TimeoutError: all slots busy (GenerationTimeout)
             raise
         except Exception as exc:  # noqa: BLE001 - the backend's own error types
             raise self._generation_error(exc, input_ids) from exc
