@@ -254,6 +254,8 @@ def new_manifest(model: onnx.ModelProto, stage: "StageRecord", *, reports: list,
         "engines": [],
         "build": {"timings_s": timings},
     }
+    if src.weights:  # e.g. dequantized from a Q4_1 GGUF: the float reference is already rounded
+        manifest["model"]["weights"] = src.weights
     manifest.update(stage.manifest_extra)
     return manifest
 

@@ -60,7 +60,8 @@ def export_onnx(source: Source, profile: Profile, settings: ExportSettings) -> o
     write_metadata(model, {
         "source": {"kind": source.kind, "spec": absolute_spec(source.spec), "name": source.name, "task": source.task,
                    "sha256": source.sha256, "config": source.config,
-                   "tokenizer_dir": str(source.tokenizer_dir) if source.tokenizer_dir else None},
+                   "tokenizer_dir": str(source.tokenizer_dir) if source.tokenizer_dir else None,
+                   "weights": source.weights},
         "profile": profile.to_dict(), "profile_origin": profile.origin,
         "shapes": shapes, "dtypes": {n: str(np.asarray(source.example_inputs[n]).dtype) if source.kind == "onnx"
                                      else str(source.example_inputs[n].numpy().dtype) for n in source.input_names},

@@ -17,7 +17,8 @@ from trtcompile.export.source import Source, hash_files
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
-                   "vocab.json", "merges.txt", "tokenizer.model", "added_tokens.json", "chat_template.jinja")
+                   "vocab.json", "merges.txt", "tokenizer.model", "added_tokens.json", "chat_template.jinja",
+                   "chat_template.json")
 
 
 def read_config(directory: Path) -> dict:
@@ -76,7 +77,6 @@ def _flat(value):
 
 
 def load_hf_source(directory: Path, *, trust_remote_code: bool = False) -> Source:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the hub, even by accident
     config = read_config(directory)
     check_remote_code(config, directory, trust_remote_code)
     weights = [directory / f for f in WEIGHT_FILES if (directory / f).is_file()]
@@ -84,12 +84,7 @@ def load_hf_source(directory: Path, *, trust_remote_code: bool = False) -> Sourc
         raise UserError(f"{str(directory)!r} has config.json but no weights",
                         hint=f"expected one of {', '.join(WEIGHT_FILES)}; re-save with save_pretrained()")
     task = task_of(config)
-    try:
-        import transformers
-    except ImportError as exc:
-        raise UserError("loading a Hugging Face checkpoint needs transformers: pip install transformers") from exc
-    transformers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
+    transformers = import_transformers()
     # SDPA exports as ONNX Attention at opset 23; eager stays MatMul/Softmax for the fusion pass.
     attn = config.get("_attn_implementation") or "sdpa"
     heads = {task: getattr(transformers, auto) for task, auto, _ in HEADS.values()}
@@ -101,7 +96,7 @@ def load_hf_source(directory: Path, *, trust_remote_code: bool = False) -> Sourc
                                        trust_remote_code=trust_remote_code).eval()
     except Exception as exc:  # transformers raises many types for a bad checkpoint
         raise UserError(f"could not load the checkpoint {str(directory)!r}: {str(exc).splitlines()[0]}",
-                        hint="check config.json and the weight files (re-save with save_pretrained())") from exc
+                        hint="check the config.json and the weight files (re-save with save_pretrained())") from exc
     model.float()
 
     tokenizer_dir = directory if any((directory / f).is_file() for f in TOKENIZER_FILES) else None
@@ -109,14 +104,30 @@ def load_hf_source(directory: Path, *, trust_remote_code: bool = False) -> Sourc
                     input_names=[], output_names=[], example_inputs={}, config=config,
                     tokenizer_dir=tokenizer_dir,
                     sha256=hash_files([directory / "config.json", *weights]))
-    if task == "causal-lm":
+    wrap_model(source, model, config)
+    return source
+
+
+def import_transformers():
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the hub, even by accident
+    try:
+        import transformers
+    except ImportError as exc:
+        raise UserError("loading a Hugging Face checkpoint needs transformers: pip install transformers") from exc
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    return transformers
+
+
+def wrap_model(source: Source, model, config: dict) -> None:
+    """Fill in the source's module, names, examples and default profile for its task."""
+    if source.task == "causal-lm":
         _as_causal_lm(source, model, config)
-    elif task == "vision-encoder":
+    elif source.task == "vision-encoder":
         _as_vision_encoder(source, model, config)
     else:
-        outputs = next((names for t, _, names in HEADS.values() if t == task), ["last_hidden_state"])
+        outputs = next((names for t, _, names in HEADS.values() if t == source.task), ["last_hidden_state"])
         _as_encoder(source, model, config, outputs)
-    return source
 
 
 def _as_encoder(source: Source, model, config: dict, outputs: list[str]) -> None:

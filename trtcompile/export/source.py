@@ -17,7 +17,7 @@ TASKS = ("encoder", "vision-encoder", "causal-lm", "sequence-classification", "t
 
 @dataclass
 class Source:
-    kind: str  # "hf" | "factory" | "onnx"
+    kind: str  # "hf" | "gguf" | "factory" | "onnx"
     spec: str  # what the user typed
     name: str
     task: str
@@ -37,6 +37,8 @@ class Source:
     manifest_extra: dict = field(default_factory=dict)
     default_profile: Callable[[], dict] | None = None
     sha256: str = ""
+    # Where the weights came from when not a plain float checkpoint (e.g. a quantized GGUF file).
+    weights: dict = field(default_factory=dict)
 
     def reference(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Outputs of the original model (PyTorch, or the original ONNX in ONNX Runtime)."""
@@ -69,12 +71,16 @@ def hash_files(paths: list[Path]) -> str:
 
 
 def load_source(spec: "str | Path", *, trust_remote_code: bool = False) -> Source:
-    """A Hugging Face checkpoint directory, `file.py:factory`, or an `.onnx` file.
+    """A Hugging Face checkpoint directory, a `.gguf` file, `file.py:factory`, or an `.onnx` file.
 
     trust_remote_code: run the Python a checkpoint ships (config.json `auto_map`); off by default.
     """
     spec = str(spec)
     path = Path(spec)
+    if spec.endswith(".gguf"):
+        from trtcompile.export.gguf import load_gguf_source
+
+        return load_gguf_source(path)
     if spec.endswith(".onnx"):
         from trtcompile.export.onnx_file import load_onnx_source
 
@@ -88,9 +94,9 @@ def load_source(spec: "str | Path", *, trust_remote_code: bool = False) -> Sourc
 
         return load_hf_source(path, trust_remote_code=trust_remote_code)
     if path.exists():
-        raise UserError(f"model {spec!r} is neither a checkpoint directory, a .onnx file nor file.py:factory",
-                        hint="pass a Hugging Face checkpoint directory (with config.json), "
-                             "path/to/model.onnx, or path/to/file.py:factory")
+        raise UserError(f"model {spec!r} is neither a checkpoint directory, a .gguf or .onnx file nor "
+                        f"file.py:factory", hint="pass a Hugging Face checkpoint directory (with config.json), "
+                                                 "path/to/model.gguf, path/to/model.onnx, or path/to/file.py:factory")
     raise UserError(f"model {spec!r} does not exist",
                     hint="pass a local Hugging Face checkpoint directory, a .onnx file, or file.py:factory "
                          "(trtcompile never downloads models)")
