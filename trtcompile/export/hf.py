@@ -197,7 +197,8 @@ def _as_causal_lm(source: Source, model, config: dict) -> None:
     source.manifest_extra = io.manifest_extra
     vocab = int(config.get("vocab_size") or 2)
     source.value_ranges = {"input_ids": (0, vocab), "attention_mask": (0, 2)}
-    source.default_profile = lambda: io.default_profile(config)
+    profile_of = io.default_profile  # not `io` itself: it holds the model, which release() must free
+    source.default_profile = lambda: profile_of(config)
 
 
 def _max_positions(config: dict) -> int:

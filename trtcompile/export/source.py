@@ -40,8 +40,16 @@ class Source:
     # Where the weights came from when not a plain float checkpoint (e.g. a quantized GGUF file).
     weights: dict = field(default_factory=dict)
 
+    def release(self) -> None:
+        """Drop the model (PyTorch weights, or the original ONNX's session) once references are computed."""
+        self.module = None
+        self._ort = None
+        self.released = True
+
     def reference(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Outputs of the original model (PyTorch, or the original ONNX in ONNX Runtime)."""
+        if getattr(self, "released", False):
+            raise RuntimeError(f"the model of {self.spec!r} was released after its reference outputs were computed")
         if self.module is None:
             import onnxruntime as ort
 
