@@ -67,7 +67,7 @@ def save_gguf(path: Path) -> Path:
     import gguf
     import numpy as np
 
-    hidden, heads, kv_heads, layers, ffn = 64, 4, 2, 2, 128
+    hidden, heads, kv_heads, layers, ffn = 64, 4, 2, 2, 96  # ffn != VOCAB: shapes tell weights apart
     # Byte-level BPE over a few letters: every single character is a token, plus a few merges.
     letters = [chr(c) for c in range(ord("a"), ord("z") + 1)] + ["Ġ", ".", ",", "!", "?"]
     merges = ["h e", "l l", "he ll", "o Ġ", "t h", "Ġ t"]

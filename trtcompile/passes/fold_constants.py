@@ -27,17 +27,23 @@ SHARED_WEIGHT_MIN_ELEMENTS = 4096
 
 def fold_constants(graph: gs.Graph, ctx: PassContext) -> gs.Graph:
     before = len(graph.nodes)
+    kept = fold_keeping_shared_weights(graph)
+    ctx.report.note(f"removed {before - len(graph.nodes)} nodes")
+    if kept:
+        ctx.report.note(f"kept {len(kept)} shared weight(s) unfolded (tied weights stay one initializer): "
+                        f"{', '.join(kept)}")
+    return graph
+
+
+def fold_keeping_shared_weights(graph: gs.Graph) -> list[str]:
+    """gs's fold_constants, except through shared weights; returns the names of those kept."""
     shielded = _shield_shared_weights(graph)
     try:
         graph.fold_constants(partitioning="recursive", error_ok=True).cleanup(remove_unused_graph_inputs=False)
     finally:
         _unshield(graph, shielded)
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
-    ctx.report.note(f"removed {before - len(graph.nodes)} nodes")
-    if shielded:
-        ctx.report.note(f"kept {len(shielded)} shared weight(s) unfolded (tied weights stay one initializer): "
-                        f"{', '.join(c.name for c, _ in shielded)}")
-    return graph
+    return [const.name for const, _ in shielded]
 
 
 def shared_weights(graph: gs.Graph) -> list[gs.Constant]:
