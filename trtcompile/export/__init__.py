@@ -33,7 +33,9 @@ def default_profile(source: Source) -> Profile:
                 spec.append("_")
             else:
                 dim = d if isinstance(d, str) and d and d != "?" else f"{name}_{axis}"
-                dims.setdefault(dim, [1, 1, 8] if axis == 0 else [1, 64, 512])
+                top = min([512] + [lim.maximum for lim in source.axis_limits
+                                   if lim.input == name and lim.axis == axis])
+                dims.setdefault(dim, [1, 1, 8] if axis == 0 else [1, min(64, top), top])
                 spec.append(dim)
         inputs[name] = spec
     if not inputs or not dims:
@@ -49,6 +51,9 @@ def export_onnx(source: Source, profile: Profile, settings: ExportSettings) -> o
     from trtcompile.onnx_io import fix_ir_version, load_model
     from trtcompile.stage import absolute_spec  # verify finds the source again from any directory
 
+    from trtcompile.export.limits import check_profile_limits
+
+    check_profile_limits(profile, source.axis_limits)
     example_shapes = {n: tuple(np.shape(source.example_inputs[n])) for n in source.input_names}
     shapes = resolve_shapes(profile, example_shapes)
     if source.kind == "onnx":

@@ -161,6 +161,7 @@ def _as_encoder(source: Source, model, config: dict, outputs: list[str]) -> None
                            "token_type_ids": (0, int(config.get("type_vocab_size") or 1))}
     max_len = _max_positions(config)
     source.default_profile = lambda: _encoder_profile(names, max_len)
+    source.axis_limits = _limits(config, names)
 
 
 def _as_vision_encoder(source: Source, model, config: dict) -> None:
@@ -199,15 +200,22 @@ def _as_causal_lm(source: Source, model, config: dict) -> None:
     source.value_ranges = {"input_ids": (0, vocab), "attention_mask": (0, 2)}
     profile_of = io.default_profile  # not `io` itself: it holds the model, which release() must free
     source.default_profile = lambda: profile_of(config)
+    source.axis_limits = _limits(config, ["attention_mask"])  # past + new tokens
 
 
 def _max_positions(config: dict) -> int:
-    for key in ("max_position_embeddings", "n_positions", "max_seq_len"):
-        if config.get(key):
-            # RoBERTa reserves padding_idx + 1 positions at the front.
-            offset = (config.get("pad_token_id") or 0) + 1 if config.get("model_type") in ("roberta", "xlm-roberta") else 0
-            return min(int(config[key]) - offset, 4096)
-    return 512
+    """The default profile's longest sequence: the model's own limit, at most 4096."""
+    from trtcompile.export.limits import config_max_positions
+
+    found = config_max_positions(config)
+    return min(found[0], 4096) if found else 512
+
+
+def _limits(config: dict, inputs: list[str]) -> list:
+    from trtcompile.export.limits import AxisLimit, config_max_positions
+
+    found = config_max_positions(config)
+    return [AxisLimit(name, 1, found[0], found[1]) for name in inputs] if found else []
 
 
 def _encoder_profile(names: list[str], max_len: int) -> dict:

@@ -37,6 +37,8 @@ class Source:
     manifest_extra: dict = field(default_factory=dict)
     default_profile: Callable[[], dict] | None = None
     sha256: str = ""
+    # How far input axes may go (learned position tables, trained context): export/limits.py.
+    axis_limits: list = field(default_factory=list)
     # Where the weights came from when not a plain float checkpoint (e.g. a quantized GGUF file).
     weights: dict = field(default_factory=dict)
 
