@@ -67,6 +67,7 @@ def package_stage(model: onnx.ModelProto, out: Path, *, reports: list, warnings:
     from trtcompile.build.engine import validate_settings
 
     validate_settings(build)  # also where no engine can be built: a bad option is an error everywhere
+    from trtcompile.onnx_io import release_memory
     from trtcompile.package import MODEL_FILE, TOKENIZER_DIR, PackageWriter, new_manifest, write_model_files
     from trtcompile.runtime.shapes import Bucket, TensorSpec
     from trtcompile.stage import read_stage
@@ -88,6 +89,7 @@ def package_stage(model: onnx.ModelProto, out: Path, *, reports: list, warnings:
         # From here on everything reads model.onnx from disk: the in-memory graph (the size of
         # the weights) is released before the engines are built and the verifying session opens.
         model = None
+        release_memory()
         if pkg.path(TOKENIZER_DIR).is_dir():
             manifest["tokenizer"] = TOKENIZER_DIR
         reason = engine_unavailable_reason()
@@ -128,8 +130,7 @@ def reference_stage(source, model: onnx.ModelProto, settings: VerifySettings, pr
     Holding PyTorch's weights (or the original ONNX's session) while the package's ONNX Runtime
     session runs would double the peak memory of a compile.
     """
-    import gc
-
+    from trtcompile.onnx_io import release_memory
     from trtcompile.package import tensor_specs
     from trtcompile.runtime.shapes import TensorSpec
     from trtcompile.stage import read_stage
@@ -143,7 +144,7 @@ def reference_stage(source, model: onnx.ModelProto, settings: VerifySettings, pr
                                 buckets, source.reference, settings,
                                 on_case=lambda b, d: progress.step(f"reference: bucket {b} {d}"))
     source.release()
-    gc.collect()
+    release_memory()
     return cases
 
 
@@ -229,6 +230,9 @@ def compile_package(spec: str, out: Path, *, profile_path: Path | None = None,
     cases = reference_stage(source, raw, verify, progress) if verify.enabled else None
     result = optimize_stage(raw, optimize, calibration, progress)
     del raw  # the passes built a new model; the exported one is not needed any more
+    from trtcompile.onnx_io import release_memory
+
+    release_memory()
 
     def verify_with(tmp_dir: Path, manifest: dict) -> dict:
         return verify_stage(tmp_dir, None, optimize.precision, verify, progress, cases=cases)

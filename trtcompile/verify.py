@@ -176,7 +176,12 @@ def _closest_to_limit(report: dict, failed_only: bool) -> tuple:
     """(bucket, dims, output, stats) whose error uses most of its allowance."""
     rows = [(c["bucket"], c["dims"], n, s) for c in report["cases"] for n, s in c["outputs"].items()
             if not (failed_only and s["ok"])]
-    return max(rows, key=lambda r: r[3]["max_abs"] / (report["atol"] * r[3]["scale"]))
+
+    def used(row) -> float:  # share of the allowance used; atol 0 (exact) makes any error infinite
+        allowed = report["atol"] * row[3]["scale"]
+        return row[3]["max_abs"] / allowed if allowed > 0 else (float("inf") if row[3]["max_abs"] > 0 else 0.0)
+
+    return max(rows, key=used)
 
 
 def _where(bucket: str, dims: dict) -> str:
