@@ -19,6 +19,8 @@ from trtcompile.runtime.shapes import Bucket, TensorSpec
 # and so are shapes whose largest output would exceed MAX_OUTPUT_BYTES.
 MAX_VERIFY_ELEMENTS = 1 << 14
 MAX_OUTPUT_BYTES = 64 << 20
+# ... and all outputs of one case together (a decode bucket's 2 x layers present K/V at a long past).
+MAX_CASE_BYTES = 128 << 20
 # Outputs are compared this many elements at a time.
 COMPARE_CHUNK = 1 << 20
 
@@ -54,7 +56,8 @@ def cases_for(buckets: list[Bucket], outputs: list[TensorSpec] = ()) -> list[tup
     """(bucket, dimension values) at each bucket's opt and a bounded max, deduplicated.
 
     A case is shrunk (largest dimension halved, never below the bucket's min) until its inputs
-    stay under MAX_VERIFY_ELEMENTS each and every output under MAX_OUTPUT_BYTES: a prefill bucket's
+    stay under MAX_VERIFY_ELEMENTS each, every output under MAX_OUTPUT_BYTES and all outputs under
+    MAX_CASE_BYTES (the reference keeps them until the package runs): a prefill bucket's
     max of [4, 512, 262144] logits would be 2 GiB per copy, and verification holds three (the
     reference, ORT's output and a comparison chunk). The shrunk max still exceeds the opt case,
     so both ends of the range are exercised.
@@ -64,7 +67,8 @@ def cases_for(buckets: list[Bucket], outputs: list[TensorSpec] = ()) -> list[tup
         for which in (1, 2):
             dims = {d: r[which] for d, r in bucket.dims.items()}
             while (np.prod([max(v, 1) for v in dims.values()]) > MAX_VERIFY_ELEMENTS
-                   or _largest_output_bytes(outputs, dims) > MAX_OUTPUT_BYTES):
+                   or max(_output_bytes(outputs, dims) or [0]) > MAX_OUTPUT_BYTES
+                   or sum(_output_bytes(outputs, dims)) > MAX_CASE_BYTES):
                 largest = max(dims, key=lambda d: dims[d])
                 lo = bucket.dims[largest][0]
                 if dims[largest] // 2 < lo:
@@ -77,17 +81,17 @@ def cases_for(buckets: list[Bucket], outputs: list[TensorSpec] = ()) -> list[tup
     return cases
 
 
-def _largest_output_bytes(outputs: list[TensorSpec], dims: dict[str, int]) -> int:
+def _output_bytes(outputs: list[TensorSpec], dims: dict[str, int]) -> list[int]:
     from trtcompile.runtime.shapes import eval_dim
 
-    largest = 0
+    sizes = []
     for spec in outputs:
         try:
             size = int(np.prod([eval_dim(d, dims) for d in spec.shape], dtype=np.int64))
         except (KeyError, ValueError):  # a dimension the profile does not name: unknown, not large
             continue
-        largest = max(largest, size * np.dtype(spec.dtype if spec.dtype != "bfloat16" else "float16").itemsize)
-    return largest
+        sizes.append(size * np.dtype(spec.dtype if spec.dtype != "bfloat16" else "float16").itemsize)
+    return sizes
 
 
 def compare(actual: np.ndarray, expected: np.ndarray) -> dict:

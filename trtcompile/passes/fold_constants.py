@@ -37,6 +37,7 @@ def fold_constants(graph: gs.Graph, ctx: PassContext) -> gs.Graph:
 
 def fold_keeping_shared_weights(graph: gs.Graph) -> list[str]:
     """gs's fold_constants, except through shared weights; returns the names of those kept."""
+    transpose_weights(graph)
     shielded = _shield_shared_weights(graph)
     try:
         graph.fold_constants(partitioning="recursive", error_ok=True).cleanup(remove_unused_graph_inputs=False)
@@ -44,6 +45,35 @@ def fold_keeping_shared_weights(graph: gs.Graph) -> list[str]:
         _unshield(graph, shielded)
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
     return [const.name for const, _ in shielded]
+
+
+def transpose_weights(graph: gs.Graph) -> int:
+    """Fold Transpose(weight) in numpy, one weight at a time.
+
+    The dynamo exporter writes every Linear as MatMul(x, Transpose(W)). gs's folding would
+    evaluate them all in one ONNX Runtime session built from the serialized weights: two extra
+    copies of the whole model at once. Here each weight is replaced by its transpose in turn.
+    """
+    count = 0
+    for node in list(graph.nodes):
+        if node.op != "Transpose" or len(node.inputs) != 1 or not isinstance(node.inputs[0], gs.Constant):
+            continue
+        weight = node.inputs[0]
+        if len(weight.outputs) != 1 or int(np.prod(weight.shape or [1])) < SHARED_WEIGHT_MIN_ELEMENTS:
+            continue  # shared (tied) weights stay as they are; small ones gs folds anyway
+        out = node.outputs[0]
+        if out in graph.outputs:
+            continue
+        perm = node.attrs.get("perm") or list(reversed(range(len(weight.shape))))
+        folded = gs.Constant(f"{out.name}_folded", np.ascontiguousarray(np.transpose(weight.values, perm)))
+        for consumer in list(out.outputs):
+            for i, tensor in enumerate(consumer.inputs):
+                if tensor is out:
+                    consumer.inputs[i] = folded
+        node.outputs.clear()
+        node.inputs.clear()
+        count += 1
+    return count
 
 
 def shared_weights(graph: gs.Graph) -> list[gs.Constant]:
