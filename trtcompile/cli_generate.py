@@ -63,6 +63,29 @@ def find_tokenizer(package: Path, manifest_data: dict, trust_remote_code: bool =
     return tok if tok.available else None
 
 
+def chat_prompt_ids(package: Path, manifest_data: dict, message: str, trust_remote_code: bool = False) -> list[int]:
+    """The user message wrapped in the package's chat template (as the model was trained to see it)."""
+    from trtcompile.errors import UserError
+
+    name = (manifest_data.get("generation") or {}).get("tokenizer_dir") or manifest_data.get("tokenizer")
+    directory = package / name if name else None
+    if directory is None or not directory.is_dir():
+        raise UserError(f"package {str(package)!r} has no tokenizer, so --chat has no chat template to apply",
+                        hint="use --prompt TEXT or --ids 1,2,3")
+    try:
+        from transformers import AutoTokenizer
+    except ImportError as exc:
+        raise UserError("--chat applies the chat template with transformers, which is not installed",
+                        hint="pip install transformers, or pass the formatted prompt with --prompt") from exc
+    tok = AutoTokenizer.from_pretrained(str(directory), local_files_only=True, trust_remote_code=trust_remote_code)
+    if not getattr(tok, "chat_template", None):
+        raise UserError(f"the tokenizer in {str(directory)!r} has no chat template",
+                        hint="use --prompt TEXT (the model was not packaged with a chat template)")
+    ids = tok.apply_chat_template([{"role": "user", "content": message}], add_generation_prompt=True, tokenize=True)
+    ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
+    return [int(i) for i in ids]
+
+
 def parse_ids(text: str, option: str) -> list[int]:
     from trtcompile.errors import UserError
 
@@ -77,18 +100,20 @@ def parse_ids(text: str, option: str) -> list[int]:
 
 def run_generate(package: Path, prompt: str | None, ids: str | None, max_new_tokens: int, temperature: float,
                  top_k: int, top_p: float, seed: int | None, stop_ids: str | None, backend: str,
-                 echo=click.echo, trust_remote_code: bool = False) -> dict:
+                 echo=click.echo, trust_remote_code: bool = False, chat: str | None = None) -> dict:
     """Stream tokens to `echo` as they come; return the timings (also printed)."""
     import numpy as np
 
     from trtcompile import runtime
     from trtcompile.errors import UserError
 
-    if (prompt is None) == (ids is None):
-        raise UserError("give exactly one of --prompt TEXT or --ids 1,2,3")
+    if sum(x is not None for x in (prompt, ids, chat)) != 1:
+        raise UserError("give exactly one of --prompt TEXT, --chat MESSAGE or --ids 1,2,3")
     with runtime.load(package, backend=backend) as model:
         tokenizer = find_tokenizer(Path(package), model.manifest.data, trust_remote_code)
-        if prompt is not None:
+        if chat is not None:
+            prompt_ids = chat_prompt_ids(Path(package), model.manifest.data, chat, trust_remote_code)
+        elif prompt is not None:
             if tokenizer is None:
                 raise UserError(f"package {str(package)!r} has no usable tokenizer (none was copied in at compile "
                                 f"time, or neither `tokenizers` nor `transformers` is installed)",
@@ -132,6 +157,7 @@ def run_generate(package: Path, prompt: str | None, ids: str | None, max_new_tok
 @click.command()
 @click.argument("package", type=click.Path(path_type=Path))
 @click.option("--prompt", help="Text, tokenized with the package's tokenizer.")
+@click.option("--chat", help="A user message, wrapped in the package's chat template (instruct models).")
 @click.option("--ids", help="Prompt as token ids, comma-separated (when the package has no tokenizer).")
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True,
@@ -145,12 +171,12 @@ def run_generate(package: Path, prompt: str | None, ids: str | None, max_new_tok
 @click.option("--trust-remote-code", is_flag=True, help="Run the Python code the package's tokenizer ships.")
 @click.option("--json", "as_json", is_flag=True, help="Print the tokens, text and timings as JSON at the end.")
 @command_options
-def generate(package, prompt, ids, max_new_tokens, temperature, top_k, top_p, seed, stop_ids, backend,
+def generate(package, prompt, chat, ids, max_new_tokens, temperature, top_k, top_p, seed, stop_ids, backend,
              trust_remote_code, as_json):
     """Generate text from a causal-LM package, printing tokens as they come, then TTFT and tokens/s."""
     echo = (lambda *a, **k: None) if as_json else click.echo
     stats = run_generate(package, prompt, ids, max_new_tokens, temperature, top_k, top_p, seed, stop_ids, backend,
-                         echo=echo, trust_remote_code=trust_remote_code)
+                         echo=echo, trust_remote_code=trust_remote_code, chat=chat)
     if as_json:
         import json
 

@@ -68,6 +68,7 @@ def package_stage(model: onnx.ModelProto, out: Path, *, reports: list, warnings:
     from trtcompile.build.engine import validate_settings
 
     validate_settings(build)  # also where no engine can be built: a bad option is an error everywhere
+    from trtcompile.onnx_io import release_memory
     from trtcompile.package import MODEL_FILE, TOKENIZER_DIR, PackageWriter, new_manifest, write_model_files
     from trtcompile.runtime.shapes import Bucket, TensorSpec
     from trtcompile.stage import read_stage
@@ -83,8 +84,13 @@ def package_stage(model: onnx.ModelProto, out: Path, *, reports: list, warnings:
     with PackageWriter(out) as pkg:
         if pkg.recovered:
             progress.line(f"[yellow]note:[/yellow] {pkg.recovered}")
-        write_model_files(pkg, model, stage)
-        manifest = new_manifest(model, stage, reports=reports, warnings=warnings, timings=timings())
+        with progress.stage("package", "model.onnx, profile, tokenizer"):
+            write_model_files(pkg, model, stage)
+            manifest = new_manifest(model, stage, reports=reports, warnings=warnings, timings=timings())
+        # From here on everything reads model.onnx from disk: the in-memory graph (the size of
+        # the weights) is released before the engines are built and the verifying session opens.
+        model = None
+        release_memory()
         if pkg.path(TOKENIZER_DIR).is_dir():
             manifest["tokenizer"] = TOKENIZER_DIR
         reason = engine_unavailable_reason()
@@ -104,30 +110,59 @@ def package_stage(model: onnx.ModelProto, out: Path, *, reports: list, warnings:
             progress.line(f"[yellow]no engines:[/yellow] {reason.split(';')[0].split('. ')[0]}; packaged "
                           f"model.onnx for the ONNX Runtime backend (--require-engine makes this an error)")
         manifest["build"]["settings"] = _settings_dict(build)
-        manifest["build"]["timings_s"] = timings()
+        _record_timings(manifest, progress, timings())
         pkg.write_manifest(manifest)
         if verify_with is not None:
             manifest["accuracy"] = verify_with(pkg.tmp, manifest)
-            manifest["build"]["timings_s"] = timings()
+            _record_timings(manifest, progress, timings())
             pkg.write_manifest(manifest)
         pkg.commit()
     return read_manifest(out)
 
 
+def _record_timings(manifest: dict, progress: Progress, timings: dict) -> None:
+    manifest["build"]["timings_s"] = timings
+    manifest["build"]["peak_rss_mib"] = dict(progress.peak_rss_mib)
+
+
+def reference_stage(source, model: onnx.ModelProto, settings: VerifySettings, progress: Progress) -> list:
+    """The original model's outputs on every verification case; then the original model is freed.
+
+    Holding PyTorch's weights (or the original ONNX's session) while the package's ONNX Runtime
+    session runs would double the peak memory of a compile.
+    """
+    from trtcompile.onnx_io import release_memory
+    from trtcompile.package import tensor_specs
+    from trtcompile.runtime.shapes import TensorSpec
+    from trtcompile.stage import read_stage
+    from trtcompile.verify import reference_cases
+
+    stage = read_stage(model)
+    inputs, outputs = tensor_specs(model, stage.value_ranges)
+    buckets = stage.profile.buckets
+    with progress.stage("reference", f"outputs of the original model on {len(buckets)} bucket(s)"):
+        cases = reference_cases([TensorSpec.from_dict(i) for i in inputs], [TensorSpec.from_dict(o) for o in outputs],
+                                buckets, source.reference, settings,
+                                on_case=lambda b, d: progress.step(f"reference: bucket {b} {d}"))
+    source.release()
+    release_memory()
+    return cases
+
+
 def verify_stage(package_dir: Path, reference, precision: str, settings: VerifySettings, progress: Progress,
-                 backend: str = "onnxruntime", hint: str = COMPILE_HINT) -> dict:
+                 backend: str = "onnxruntime", hint: str = COMPILE_HINT, cases: list | None = None) -> dict:
     from trtcompile import runtime
-    from trtcompile.verify import describe_failure, verify
+    from trtcompile.verify import describe_failure, summary_line, verify
 
     with progress.stage("verify", f"against the original model ({backend})"):
         with runtime.load(package_dir, backend=backend) as model:
             from trtcompile.export.kv_cache import verification_precision
 
             precision = verification_precision(precision, model.manifest.data)
-            report = verify(model, reference, precision=precision, settings=settings,
+            report = verify(model, reference, precision=precision, settings=settings, cases=cases,
                             on_case=lambda b, d: progress.step(f"verify: bucket {b} {d}"))
-    worst = ", ".join(f"{n}: max abs {w['max_abs']:.2g}, cosine {w['min_cosine']:.6f}" for n, w in report["worst"].items())
-    progress.line(f"  accuracy vs reference: {worst}")
+    # One line; every output of every case is in the manifest (`trtcompile inspect OUT`).
+    progress.line(f"  accuracy vs reference: {summary_line(report)}")
     if not report["passed"]:
         raise UserError(f"verification failed: {describe_failure(report)}", hint=hint)
     return report
@@ -203,12 +238,18 @@ def compile_package(spec: str, out: Path, *, profile_path: Path | None = None,
                                    calibration=calibration, build=build, verify=verify, export=export,
                                    progress=progress)
     source, raw = export_stage(spec, profile_path, export, progress)
+    cases = reference_stage(source, raw, verify, progress) if verify.enabled else None
     result = optimize_stage(raw, optimize, calibration, progress)
+    del raw  # the passes built a new model; the exported one is not needed any more
+    from trtcompile.onnx_io import release_memory
+
+    release_memory()
 
     def verify_with(tmp_dir: Path, manifest: dict) -> dict:
-        return verify_stage(tmp_dir, source.reference, optimize.precision, verify, progress)
+        return verify_stage(tmp_dir, None, optimize.precision, verify, progress, cases=cases)
 
-    return package_stage(result.model, Path(out), reports=result.reports, warnings=result.warnings, build=build,
+    model, result.model = result.model, None  # package_stage drops the last reference once written
+    return package_stage(model, Path(out), reports=result.reports, warnings=result.warnings, build=build,
                          progress=progress, verify_with=verify_with if verify.enabled else None)
 
 

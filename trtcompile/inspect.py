@@ -57,7 +57,11 @@ def describe(target: Path, *, as_json: bool = False, show_passes: bool = False) 
             lines.append(f"  {name:<28} max abs {w['max_abs']:.3g}  min cosine {w['min_cosine']:.6f}")
     timings = (data.get("build") or {}).get("timings_s") or {}
     if timings:
-        lines += ["", "timings   " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items())]
+        peaks = data.get("build", {}).get("peak_rss_mib")
+        # Informational (not in the schema): a damaged value is shown as absent, never a crash.
+        peaks = {k: v for k, v in peaks.items() if isinstance(v, (int, float))} if isinstance(peaks, dict) else {}
+        lines += ["", "timings   " + ", ".join(f"{k} {v:.1f} s" + (f" ({peaks[k] / 1024:.2f} GiB peak)" if k in peaks else "")
+                                           for k, v in timings.items())]
     return "\n".join(lines)
 
 

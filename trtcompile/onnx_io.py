@@ -48,18 +48,41 @@ def opset_of(model: onnx.ModelProto) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
-def save_model(model: onnx.ModelProto, path: str | Path) -> Path:
-    """Save, with weights in one external file beside it when the model is over protobuf's 2 GB."""
+def save_model(model: onnx.ModelProto, path: str | Path, *, external_above: int = _PROTOBUF_LIMIT,
+               keep_weights: bool = True) -> Path:
+    """Save, with weights in one external file beside it (`NAME.data`) when the model is over
+    `external_above` bytes (protobuf's 2 GB limit by default).
+
+    Writing external data moves the weights out of the in-memory model; with keep_weights they are
+    read back, otherwise the caller gets a weightless model (the package writer, which is done with
+    it: that is what keeps a compile's peak memory from holding two copies).
+    """
     path = Path(path)
     fix_ir_version(model)
-    if model.ByteSize() >= _PROTOBUF_LIMIT:
-        data = path.name + ".data"
-        (path.parent / data).unlink(missing_ok=True)
+    data = path.parent / (path.name + ".data")
+    data.unlink(missing_ok=True)
+    if model.ByteSize() >= min(external_above, _PROTOBUF_LIMIT):
         onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=data, size_threshold=1024)
+                        location=data.name, size_threshold=1024)
+        if keep_weights:
+            from onnx.external_data_helper import load_external_data_for_model
+
+            load_external_data_for_model(model, str(path.parent))
     else:
         onnx.save_model(model, str(path))
     return path
+
+
+def release_memory() -> None:
+    """Hand freed heap back to the OS (glibc keeps it otherwise, and RSS never falls after a stage)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
 
 
 # ONNX element types the inputs/outputs of a package may have, as numpy dtype names.

@@ -40,6 +40,9 @@ if TYPE_CHECKING:
 MODEL_FILE = "model.onnx"
 PROFILE_FILE = "profile.yaml"
 TOKENIZER_DIR = "tokenizer"
+# Models above this keep their weights in model.onnx.data: ONNX Runtime maps that file instead of
+# parsing the weights out of a protobuf, and the package writer never holds two copies of them.
+EXTERNAL_DATA_ABOVE = 128 << 20
 
 
 def check_destination(out: Path) -> None:
@@ -254,6 +257,8 @@ def new_manifest(model: onnx.ModelProto, stage: "StageRecord", *, reports: list,
         "engines": [],
         "build": {"timings_s": timings},
     }
+    if src.weights:  # e.g. dequantized from a Q4_1 GGUF: the float reference is already rounded
+        manifest["model"]["weights"] = src.weights
     manifest.update(stage.manifest_extra)
     return manifest
 
@@ -264,7 +269,7 @@ def write_model_files(pkg: PackageWriter, model: onnx.ModelProto, stage: "StageR
 
     from trtcompile.onnx_io import save_model
 
-    save_model(model, pkg.path(MODEL_FILE))
+    save_model(model, pkg.path(MODEL_FILE), external_above=EXTERNAL_DATA_ABOVE, keep_weights=False)
     pkg.path(PROFILE_FILE).write_text(f"# profile used for this package ({stage.profile.origin})\n"
                                       + yaml.safe_dump(stage.profile.to_dict(), sort_keys=False))
     tok = stage.source.tokenizer_dir

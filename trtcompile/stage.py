@@ -24,13 +24,14 @@ STAGES = ("export", "optimize")
 class SourceInfo:
     """The model a stage file came from: the reference `verify` compares against."""
 
-    kind: str  # "hf" | "factory" | "onnx"
+    kind: str  # "hf" | "gguf" | "factory" | "onnx"
     spec: str  # absolute: found again from any working directory
     name: str
     task: str
     sha256: str
     config: dict = field(default_factory=dict)
     tokenizer_dir: str | None = None
+    weights: dict = field(default_factory=dict)  # where the weights came from (a quantized GGUF file)
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,8 @@ class StageRecord:
                             name=get(src, "name", str, "source."), task=get(src, "task", str, "source."),
                             sha256=get(src, "sha256", str, "source.", ""),
                             config=get(src, "config", dict, "source.", {}),
-                            tokenizer_dir=get(src, "tokenizer_dir", str, "source.", None))
+                            tokenizer_dir=get(src, "tokenizer_dir", str, "source.", None),
+                            weights=get(src, "weights", dict, "source.", {}))
         try:
             profile = parse_profile(get(data, "profile", dict), origin=get(data, "profile_origin", str, "", "profile"))
         except UserError as exc:

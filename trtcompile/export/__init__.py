@@ -33,7 +33,9 @@ def default_profile(source: Source) -> Profile:
                 spec.append("_")
             else:
                 dim = d if isinstance(d, str) and d and d != "?" else f"{name}_{axis}"
-                dims.setdefault(dim, [1, 1, 8] if axis == 0 else [1, 64, 512])
+                top = min([512] + [lim.maximum for lim in source.axis_limits
+                                   if lim.input == name and lim.axis == axis])
+                dims.setdefault(dim, [1, 1, 8] if axis == 0 else [1, min(64, top), top])
                 spec.append(dim)
         inputs[name] = spec
     if not inputs or not dims:
@@ -49,6 +51,9 @@ def export_onnx(source: Source, profile: Profile, settings: ExportSettings) -> o
     from trtcompile.onnx_io import fix_ir_version, load_model
     from trtcompile.stage import absolute_spec  # verify finds the source again from any directory
 
+    from trtcompile.export.limits import check_profile_limits
+
+    check_profile_limits(profile, source.axis_limits)
     if source.fit_profile is not None:
         source.fit_profile(profile.to_dict())
     example_shapes = {n: tuple(np.shape(source.example_inputs[n])) for n in source.input_names}
@@ -62,7 +67,8 @@ def export_onnx(source: Source, profile: Profile, settings: ExportSettings) -> o
     write_metadata(model, {
         "source": {"kind": source.kind, "spec": absolute_spec(source.spec), "name": source.name, "task": source.task,
                    "sha256": source.sha256, "config": source.config,
-                   "tokenizer_dir": str(source.tokenizer_dir) if source.tokenizer_dir else None},
+                   "tokenizer_dir": str(source.tokenizer_dir) if source.tokenizer_dir else None,
+                   "weights": source.weights},
         "profile": profile.to_dict(), "profile_origin": profile.origin,
         "shapes": shapes, "dtypes": {n: str(np.asarray(source.example_inputs[n]).dtype) if source.kind == "onnx"
                                      else str(source.example_inputs[n].numpy().dtype) for n in source.input_names},

@@ -17,7 +17,8 @@ from trtcompile.export.source import Source, hash_files
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
-                   "vocab.json", "merges.txt", "tokenizer.model", "added_tokens.json", "chat_template.jinja")
+                   "vocab.json", "merges.txt", "tokenizer.model", "added_tokens.json", "chat_template.jinja",
+                   "chat_template.json")
 
 
 def read_config(directory: Path) -> dict:
@@ -76,7 +77,6 @@ def _flat(value):
 
 
 def load_hf_source(directory: Path, settings=None, *, trust_remote_code: bool = False) -> Source:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the hub, even by accident
     config = read_config(directory)
     check_remote_code(config, directory, trust_remote_code)
     weights = [directory / f for f in WEIGHT_FILES if (directory / f).is_file()]
@@ -84,12 +84,7 @@ def load_hf_source(directory: Path, settings=None, *, trust_remote_code: bool = 
         raise UserError(f"{str(directory)!r} has config.json but no weights",
                         hint=f"expected one of {', '.join(WEIGHT_FILES)}; re-save with save_pretrained()")
     task = task_of(config)
-    try:
-        import transformers
-    except ImportError as exc:
-        raise UserError("loading a Hugging Face checkpoint needs transformers: pip install transformers") from exc
-    transformers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
+    transformers = import_transformers()
     # SDPA exports as ONNX Attention at opset 23; eager stays MatMul/Softmax for the fusion pass.
     attn = config.get("_attn_implementation") or "sdpa"
     heads = {task: getattr(transformers, auto) for task, auto, _ in HEADS.values()}
@@ -101,7 +96,7 @@ def load_hf_source(directory: Path, settings=None, *, trust_remote_code: bool = 
                                        trust_remote_code=trust_remote_code).eval()
     except Exception as exc:  # transformers raises many types for a bad checkpoint
         raise UserError(f"could not load the checkpoint {str(directory)!r}: {str(exc).splitlines()[0]}",
-                        hint="check config.json and the weight files (re-save with save_pretrained())") from exc
+                        hint="check the config.json and the weight files (re-save with save_pretrained())") from exc
     model.float()
 
     tokenizer_dir = directory if any((directory / f).is_file() for f in TOKENIZER_FILES) else None
@@ -109,14 +104,32 @@ def load_hf_source(directory: Path, settings=None, *, trust_remote_code: bool = 
                     input_names=[], output_names=[], example_inputs={}, config=config,
                     tokenizer_dir=tokenizer_dir,
                     sha256=hash_files([directory / "config.json", *weights]))
-    if task == "causal-lm":
+    wrap_model(source, model, config, settings)
+    return source
+
+
+def import_transformers():
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the hub, even by accident
+    try:
+        import transformers
+    except ImportError as exc:
+        raise UserError("loading a Hugging Face checkpoint needs transformers: pip install transformers") from exc
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    return transformers
+
+
+def wrap_model(source: Source, model, config: dict, settings=None) -> None:
+    """Fill in the source's module, names, examples and default profile for its task.
+
+    `settings` (ExportSettings) chooses the causal-LM wrapper (KV-cache form and dtype, logits)."""
+    if source.task == "causal-lm":
         _as_causal_lm(source, model, config, settings)
-    elif task == "vision-encoder":
+    elif source.task == "vision-encoder":
         _as_vision_encoder(source, model, config)
     else:
-        outputs = next((names for t, _, names in HEADS.values() if t == task), ["last_hidden_state"])
+        outputs = next((names for t, _, names in HEADS.values() if t == source.task), ["last_hidden_state"])
         _as_encoder(source, model, config, outputs)
-    return source
 
 
 def _as_encoder(source: Source, model, config: dict, outputs: list[str]) -> None:
@@ -150,6 +163,7 @@ def _as_encoder(source: Source, model, config: dict, outputs: list[str]) -> None
                            "token_type_ids": (0, int(config.get("type_vocab_size") or 1))}
     max_len = _max_positions(config)
     source.default_profile = lambda: _encoder_profile(names, max_len)
+    source.axis_limits = _limits(config, names)
 
 
 def _as_vision_encoder(source: Source, model, config: dict) -> None:
@@ -192,7 +206,8 @@ def _as_causal_lm(source: Source, model, config: dict, settings=None) -> None:
         source.value_ranges = io.value_ranges
         source.onnx_translations = io.onnx_translations
         source.min_opset = io.min_opset
-        source.default_profile = lambda: io.default_profile(config)
+        profile_of = io.default_profile  # not `io` itself: it holds the model, which release() must free
+        source.default_profile = lambda: profile_of(config)
 
     def fit_profile(profile: dict) -> None:  # a static cache holds the profile's longest kv_sequence
         want = profile_max_cache(profile)
@@ -201,15 +216,22 @@ def _as_causal_lm(source: Source, model, config: dict, settings=None) -> None:
 
     wrap()
     source.fit_profile = fit_profile if settings.kv_cache == "static" else None
+    source.axis_limits = _limits(config, ["attention_mask"])  # past + new tokens (kv_sequence when static)
 
 
 def _max_positions(config: dict) -> int:
-    for key in ("max_position_embeddings", "n_positions", "max_seq_len"):
-        if config.get(key):
-            # RoBERTa reserves padding_idx + 1 positions at the front.
-            offset = (config.get("pad_token_id") or 0) + 1 if config.get("model_type") in ("roberta", "xlm-roberta") else 0
-            return min(int(config[key]) - offset, 4096)
-    return 512
+    """The default profile's longest sequence: the model's own limit, at most 4096."""
+    from trtcompile.export.limits import config_max_positions
+
+    found = config_max_positions(config)
+    return min(found[0], 4096) if found else 512
+
+
+def _limits(config: dict, inputs: list[str]) -> list:
+    from trtcompile.export.limits import AxisLimit, config_max_positions
+
+    found = config_max_positions(config)
+    return [AxisLimit(name, 1, found[0], found[1]) for name in inputs] if found else []
 
 
 def _encoder_profile(names: list[str], max_len: int) -> dict:

@@ -28,7 +28,10 @@ def load_onnx_source(path: Path) -> Source:
         shapes[inp.name] = shape
         # A tiny example of the right rank and dtype; the profile supplies real sizes.
         examples[inp.name] = np.zeros([s if isinstance(s, int) else 1 for s in shape], ONNX_DTYPE_NAMES[tt.elem_type])
+    from trtcompile.export.limits import onnx_position_limits
+
     return Source(
+        axis_limits=onnx_position_limits(model, [i.name for i in inputs]),
         kind="onnx", spec=str(path), name=path.stem, task="custom",
         input_names=[i.name for i in inputs], output_names=[o.name for o in model.graph.output],
         example_inputs=examples, onnx_path=path, known_shapes=shapes,

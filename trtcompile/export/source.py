@@ -17,7 +17,7 @@ TASKS = ("encoder", "vision-encoder", "causal-lm", "sequence-classification", "t
 
 @dataclass
 class Source:
-    kind: str  # "hf" | "factory" | "onnx"
+    kind: str  # "hf" | "gguf" | "factory" | "onnx"
     spec: str  # what the user typed
     name: str
     task: str
@@ -42,9 +42,22 @@ class Source:
     min_opset: int = 0
     # Re-derive shape-dependent parts (e.g. a static KV cache's length) from the profile in use.
     fit_profile: Callable[[dict], None] | None = None
+    # How far input axes may go (learned position tables, trained context): export/limits.py.
+    axis_limits: list = field(default_factory=list)
+    # Where the weights came from when not a plain float checkpoint (e.g. a quantized GGUF file).
+    weights: dict = field(default_factory=dict)
+
+    def release(self) -> None:
+        """Drop the model (PyTorch weights, or the original ONNX's session) once references are computed."""
+        self.module = None
+        self._ort = None
+        self.fit_profile = None  # its closure holds the model too
+        self.released = True
 
     def reference(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Outputs of the original model (PyTorch, or the original ONNX in ONNX Runtime)."""
+        if getattr(self, "released", False):
+            raise RuntimeError(f"the model of {self.spec!r} was released after its reference outputs were computed")
         if self.module is None:
             import onnxruntime as ort
 
@@ -74,13 +87,17 @@ def hash_files(paths: list[Path]) -> str:
 
 
 def load_source(spec: "str | Path", settings=None, *, trust_remote_code: bool = False) -> Source:
-    """A Hugging Face checkpoint directory, `file.py:factory`, or an `.onnx` file.
+    """A Hugging Face checkpoint directory, a `.gguf` file, `file.py:factory`, or an `.onnx` file.
 
     `settings` (ExportSettings) chooses the causal-LM wrapper (KV-cache form and dtype, logits).
     trust_remote_code: run the Python a checkpoint ships (config.json `auto_map`); off by default.
     """
     spec = str(spec)
     path = Path(spec)
+    if spec.endswith(".gguf"):
+        from trtcompile.export.gguf import load_gguf_source
+
+        return load_gguf_source(path, settings)
     if spec.endswith(".onnx"):
         from trtcompile.export.onnx_file import load_onnx_source
 
@@ -94,9 +111,9 @@ def load_source(spec: "str | Path", settings=None, *, trust_remote_code: bool = 
 
         return load_hf_source(path, settings, trust_remote_code=trust_remote_code)
     if path.exists():
-        raise UserError(f"model {spec!r} is neither a checkpoint directory, a .onnx file nor file.py:factory",
-                        hint="pass a Hugging Face checkpoint directory (with config.json), "
-                             "path/to/model.onnx, or path/to/file.py:factory")
+        raise UserError(f"model {spec!r} is neither a checkpoint directory, a .gguf or .onnx file nor "
+                        f"file.py:factory", hint="pass a Hugging Face checkpoint directory (with config.json), "
+                                                 "path/to/model.gguf, path/to/model.onnx, or path/to/file.py:factory")
     raise UserError(f"model {spec!r} does not exist",
                     hint="pass a local Hugging Face checkpoint directory, a .onnx file, or file.py:factory "
                          "(trtcompile never downloads models)")

@@ -50,8 +50,10 @@ def export_module(source: Source, shapes: dict[str, list], settings: ExportSetti
                     custom_translation_table=source.onnx_translations or None,
                     input_names=source.input_names, output_names=source.output_names,
                     dynamic_shapes=tuple(axes[n] or None for n in source.input_names),
-                    optimize=settings.exporter_optimize, external_data=False, verbose=False,
+                    optimize=False, external_data=False, verbose=False,
                 )
+                if settings.exporter_optimize:
+                    optimize_exported(program.model)
                 model = program.model_proto
             else:
                 buffer = io.BytesIO()
@@ -69,6 +71,49 @@ def export_module(source: Source, shapes: dict[str, list], settings: ExportSetti
                         hint=f"check the model runs on the example inputs; or try {other}") from exc
     rename_dims(model, shapes)
     return model
+
+
+def optimize_exported(model) -> None:
+    """The dynamo exporter's own optimizer, minus its general pattern-rewrite rules.
+
+    `torch.onnx.export(optimize=True)` runs onnxscript's constant folding, ~40 generic rewrite rules
+    and the opset-23 fusions (RMSNormalization, RotaryEmbedding). On SmolLM2 the generic rules were
+    54% of the whole export (every rule tried at every node, twice) and rewrote nothing our passes
+    need, so they are left out. Folding never goes through a large initializer that several nodes
+    read (a tied embedding): that would store a second copy of it (passes/fold_constants.py).
+    """
+    import onnx_ir as ir
+    import onnx_ir.passes.common as common
+    import onnxscript.rewriter.onnx_fusions
+    from onnxscript.optimizer import _constant_folding
+
+    from trtcompile.passes.fold_constants import SHARED_WEIGHT_MIN_ELEMENTS
+
+    def reads_shared_weight(node):
+        for value in node.inputs:
+            if (value is not None and value.is_initializer() and len(value.uses()) > 1
+                    and value.const_value is not None and value.const_value.size >= SHARED_WEIGHT_MIN_ELEMENTS):
+                return False
+        return None  # onnxscript's default rules decide
+
+    ir.passes.Sequential(
+        common.InlinePass(),
+        ir.passes.PassManager([
+            _constant_folding.FoldConstantsPass(
+                shape_inference=True, input_size_limit=_constant_folding.DEFAULT_CONSTANT_FOLD_INPUT_SIZE_LIMIT,
+                output_size_limit=_constant_folding.DEFAULT_CONSTANT_FOLD_OUTPUT_SIZE_LIMIT,
+                should_fold=reads_shared_weight),
+            common.RemoveUnusedNodesPass(), common.RemoveUnusedFunctionsPass(), common.RemoveUnusedOpsetsPass(),
+        ], steps=2, early_stop=True),
+        common.RemoveUnusedNodesPass(),
+        common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
+        common.LiftSubgraphInitializersToMainGraphPass(),
+        common.DeduplicateInitializersPass(),
+        common.CommonSubexpressionEliminationPass(),
+        common.OutputFixPass(),
+        common.NameFixPass(),
+    )(model)
+    onnxscript.rewriter.onnx_fusions.fuse(model)
 
 
 def _axis_name(dim: str) -> str:

@@ -15,6 +15,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from trtcompile.graph.context import PassContext
+from trtcompile.passes.fold_constants import fold_keeping_shared_weights
 
 
 def infer_shapes(graph: gs.Graph) -> int:
@@ -76,8 +77,7 @@ def fold_shapes(graph: gs.Graph, ctx: PassContext, max_rounds: int = 3) -> gs.Gr
         filled_total += filled
         nodes = len(graph.nodes)
         if filled:
-            graph.fold_constants(partitioning="recursive", error_ok=True).cleanup(remove_unused_graph_inputs=False)
-            graph.toposort()
+            fold_keeping_shared_weights(graph)  # a tied embedding stays one initializer
         if not filled or len(graph.nodes) == nodes:
             break
     ctx.report.note(f"filled {filled_total} shapes/dtypes, removed {before - len(graph.nodes)} nodes")

@@ -1,0 +1,52 @@
+"""Compile memory scales with the model: a regression guard on peak RSS above the import baseline.
+
+A mid-size Llama (55M parameters, a 211 MiB checkpoint, a 32000-token tied vocabulary) compiles in
+a subprocess (its own ru_maxrss). The goal is <= 3x the fp32 checkpoint; measured 2026-11-29 it is
+5.9x above the import baseline (export holds PyTorch's weights and the ONNX protobuf; the passes
+hold two protobufs; ONNX Runtime's session holds its own copy plus the folded transpose of the tied
+embedding). The guard sits at 7x so it does not flake, and fails on a return to whole-tensor
+float64 comparisons, unbounded verification shapes or PyTorch kept alive during verification.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).parent
+
+
+def midsize_llama(directory: Path) -> Path:
+    import torch
+    import transformers as tf
+
+    config = tf.LlamaConfig(vocab_size=32000, hidden_size=1024, intermediate_size=2816, num_hidden_layers=2,
+                            num_attention_heads=16, num_key_value_heads=4, max_position_embeddings=512,
+                            tie_word_embeddings=True, bos_token_id=1, eos_token_id=2)
+    torch.manual_seed(0)
+    tf.LlamaForCausalLM(config).save_pretrained(directory)
+    return directory
+
+
+GOAL = 3.0  # the issue's target, not yet reached (see the module docstring)
+GUARD = 7.0
+
+
+@pytest.mark.slow
+def test_compile_peak_memory_stays_proportional_to_the_checkpoint(tmp_path):
+    checkpoint = midsize_llama(tmp_path / "llama-55m")
+    weights = sum(p.stat().st_size for p in checkpoint.glob("*.safetensors"))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE.parent), str(HERE)])}
+    run = subprocess.run([sys.executable, str(HERE / "memory_probe.py"), str(checkpoint), str(tmp_path / "out")],
+                         capture_output=True, text=True, env=env, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    above = (result["peak_mib"] - result["baseline_mib"]) * 2**20
+    assert above <= GUARD * weights, (f"compile peaked {above / 2**20:.0f} MiB above its import baseline, "
+                                  f"{above / weights:.2f}x the {weights / 2**20:.0f} MiB checkpoint; "
+                                  f"per stage: {result['stages_mib']}")
