@@ -272,6 +272,19 @@ def verification_precision(precision: str, manifest: dict) -> str:
     return precision
 
 
+def export_settings_for(generation: dict | None):
+    """The ExportSettings that rebuild a package's decoder wrapper (KV-cache form, cache dtype,
+    logits) from its manifest's `generation` section, so verification compares like with like."""
+    from trtcompile.settings import ExportSettings
+
+    if not generation:
+        return ExportSettings()
+    names = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
+    return ExportSettings(kv_cache=generation.get("kv_cache", "concat"),
+                          kv_cache_dtype=names.get(generation.get("kv_cache_dtype"), "auto"),
+                          all_logits=bool(generation.get("all_logits", True)))
+
+
 def causal_lm_io(model, config: dict, *, kv_cache: str = "static", kv_cache_dtype: str | None = None,
                  all_logits: bool = False, max_cache: int | None = None) -> DecoderIO:
     """Wrap a HF causal LM (GPT-2, Llama, Mistral, Qwen2, ...) for export with a KV cache."""
