@@ -90,7 +90,9 @@ def check_calibration(precision: str, calibration: CalibrationSettings) -> None:
                                        ("--calibration-method", calibration.method != defaults.method))
                  if set_]
         if given:
-            raise UserError(f"{given[0]} applies only to --precision int8/fp8, but the precision is {precision}",
+            scope = "int8/fp8/int4" if given[0] in ("--calibration-data", "--accuracy-target", "--exclude-node") \
+                else "int8/fp8"
+            raise UserError(f"{given[0]} applies only to --precision {scope}, but the precision is {precision}",
                             hint=f"add --precision int8, or drop {given[0]}")
         if not quantized or calibration.data is None:
             if precision == "int4" and calibration.int4_method == "awq":
