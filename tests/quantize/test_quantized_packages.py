@@ -15,7 +15,7 @@ from helpers import cosine
 
 import trtcompile.runtime as rt
 from trtcompile.compile import compile_package
-from trtcompile.settings import CalibrationSettings, OptimizeSettings
+from trtcompile.settings import CalibrationSettings, ExportSettings, OptimizeSettings
 
 PROMPT = np.array([[5, 9, 17, 33, 2, 8, 60, 7]], np.int64)
 
@@ -44,8 +44,10 @@ def test_quantized_package_generates(family, precision, checkpoint, tmp_path):
     ckpt = checkpoint(family)
     npz = _calibration_npz(tmp_path / "cal.npz", hf_model(family).config)
     calibration = CalibrationSettings(data=npz, int4_block_size=32)
+    # The concat-cache form: the calibration .npz above feeds its empty past (see the report for
+    # static-cache calibration).
     compile_package(str(ckpt), tmp_path / precision, optimize=OptimizeSettings(precision=precision),
-                    calibration=calibration)
+                    calibration=calibration, export=ExportSettings(kv_cache="concat"))
     with torch.no_grad():
         ref = hf_model(family)(torch.from_numpy(PROMPT)).logits.numpy()
     with rt.load(tmp_path / precision, backend="onnxruntime") as model:
@@ -58,12 +60,13 @@ def test_quantized_package_generates(family, precision, checkpoint, tmp_path):
             if spec.name not in feeds:
                 feeds[spec.name] = np.zeros([1] + [0 if isinstance(d, str) else d for d in spec.shape[1:]], np.float32)
         logits = model.run(feeds)["logits"]
-    assert cosine(logits[:, -ref.shape[1]:], ref) > (0.97 if precision == "int4" else 0.995)
+    assert cosine(logits[0, -1], ref[0, -1]) > (0.97 if precision == "int4" else 0.995)  # last position (all or last logits)
     top2 = np.sort(ref[0, -1])[-2:]
     if top2[1] - top2[0] > 0.05:
         assert tokens[0, PROMPT.shape[1]] == ref[0, -1].argmax()
     manifest = rt.load(tmp_path / precision, backend="onnxruntime").manifest.data
     (step,) = [p for p in manifest["passes"] if p["name"] == f"quantize_{precision}"]
     # One report per step, made and timed by run_pipeline, filled by the quantizer.
-    assert step["matched"] > 0 and "perplexity" in step["extra"]["accuracy"] and step["seconds"] > 0
+    # (perplexity needs every position's logits: --all-logits; a last-position graph gives top-1 only)
+    assert step["matched"] > 0 and "top1_agreement" in step["extra"]["accuracy"] and step["seconds"] > 0
     assert step["nodes_after"] > step["nodes_before"]
