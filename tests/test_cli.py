@@ -48,3 +48,29 @@ def test_kv_cache_options_map_onto_export_settings():
     assert (defaults.kv_cache, defaults.kv_cache_dtype, defaults.all_logits) == ("static", "auto", False)
     result = CliRunner().invoke(cli, ["compile", "m", "-o", "o", "--kv-cache", "ring"])
     assert result.exit_code == 2 and "--kv-cache" in result.output and "'ring' is not one of" in result.output
+
+def test_int4_options_map_onto_calibration_settings():
+    ctx = cli.commands["compile"].make_context(
+        "compile", ["m", "-o", "o", "--precision", "int4", "--int4-method", "rtn", "--int4-block-size", "64",
+                    "--int4-asymmetric", "--no-int4-lm-head", "--int4-activations", "fp32"])
+    settings = calibration_settings(**ctx.params)
+    assert settings.int4_method == "rtn" and settings.int4_block_size == 64 and not settings.int4_symmetric
+    assert not settings.int4_lm_head and settings.int4_activations == "fp32"
+    defaults = calibration_settings(**cli.commands["compile"].make_context("compile", ["m", "-o", "o"]).params)
+    assert (defaults.int4_method, defaults.int4_block_size, defaults.int4_symmetric, defaults.int4_lm_head,
+            defaults.int4_activations) == ("awq", 128, True, True, "fp16")
+
+
+def test_int4_block_size_is_checked_before_any_work(tmp_path):
+    result = CliRunner().invoke(cli, ["compile", str(tmp_path / "missing"), "-o", str(tmp_path / "o"),
+                                      "--precision", "int4", "--int4-block-size", "48"])
+    assert result.exit_code == 2 and "--int4-block-size" in result.output and "48" in result.output
+
+
+def test_int4_awq_without_calibration_data(checkpoint, tmp_path):
+    # (fp8 goes through the same check as int8, above)
+    for options, message in ((["--precision", "int4"], "--int4-method awq needs calibration data"),):
+        result = CliRunner().invoke(cli, ["compile", str(checkpoint("bert")), "-o", str(tmp_path / "o"), "-q",
+                                          "--profile", str(DATA / "tiny-encoder.yaml"), *options])
+        assert result.exit_code == 1 and message in result.output and "--calibration-data" in result.output
+        assert "Traceback" not in result.output and not (tmp_path / "o").exists()

@@ -36,8 +36,8 @@ def invoke(*args, input=None):
     (["--precision", "int8"], 1, "--precision int8 needs calibration data"),
     (["--precision", "int8", "--calibration-data", "nope.npz"], 1, "--calibration-data 'nope.npz' does not exist"),
     (["--calibration-data", str(ROOT / "samples" / "calibration.txt")], 1,
-     "--calibration-data applies only to --precision int8, but the precision is fp32"),
-    (["--accuracy-target", "0.99"], 1, "--accuracy-target applies only to --precision int8"),
+     "--calibration-data applies only to --precision int8/fp8/int4, but the precision is fp32"),
+    (["--accuracy-target", "0.99"], 1, "--accuracy-target applies only to --precision int8/fp8/int4"),
     (["--opset", "30"], 1, "--opset 30 is outside what the dynamo exporter writes here (18..24)"),
     (["--opset", "23", "--legacy-exporter"], 1, "--opset 23 is outside what the legacy exporter writes (7..20)"),
     (["--disable-pass", "fuse_atention"], 1, "--disable-pass 'fuse_atention' is not a pass (did you mean "

@@ -15,7 +15,7 @@ import click
 from trtcompile import __version__
 from trtcompile.cli_errors import command_options, progress, user_errors, verbosity  # noqa: F401 - user_errors for add-ons
 
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int4", "fp8")
 
 
 def _options(*decorators):
@@ -50,20 +50,30 @@ optimize_options = _options(
                  help="Keep graph inputs/outputs FP32 at lower precision."),
     click.option("--calibration-data", type=click.Path(path_type=Path),
                  help="INT8: .npz of inputs, or a text file (tokenized with the model's tokenizer)."),
-    click.option("--calibration-method", type=click.Choice(("minmax", "percentile", "entropy")),
+    click.option("--calibration-method", type=click.Choice(("minmax", "percentile", "entropy", "mse")),
                  default="minmax", show_default=True),
     click.option("--calibration-samples", type=click.IntRange(min=1), default=64, show_default=True),
     click.option("--smoothquant-alpha", default="auto", show_default=True, metavar="ALPHA|auto|off",
                  callback=lambda ctx, param, value: _smoothquant(value),
                  help="INT8: SmoothQuant migration strength in [0, 1], 'auto' (searched per layer) or 'off'."),
     click.option("--accuracy-target", type=float,
-                 help="INT8: minimum mean cosine (encoders) / top-1 agreement (LMs) vs FP32; the most "
-                      "sensitive layers fall back until it holds."),
+                 help="INT8/FP8: minimum mean cosine (encoders) / top-1 agreement (LMs) vs FP32; the most "
+                      "sensitive layers fall back until it holds. INT4: fail below it."),
     click.option("--int8-attention", is_flag=True, help="INT8: also quantize unfused attention MatMuls."),
     click.option("--exclude-node", "exclude_nodes", multiple=True, metavar="NAME",
                  help="INT8: keep this MatMul/Gemm out of INT8 (repeatable)."),
     click.option("--int8-fallback", "float_precision", type=click.Choice(("fp32", "fp16")), default="fp32",
-                 show_default=True, help="INT8: precision of everything not in INT8."),
+                 show_default=True, help="INT8/FP8: precision of everything not quantized."),
+    click.option("--int4-method", type=click.Choice(("awq", "rtn")), default="awq", show_default=True,
+                 help="INT4: activation-aware (needs --calibration-data) or round-to-nearest."),
+    click.option("--int4-block-size", type=click.Choice(("32", "64", "128")), default="128", show_default=True,
+                 help="INT4: weights per scale along K (128: TensorRT's fastest; smaller: more accurate)."),
+    click.option("--int4-asymmetric", is_flag=True,
+                 help="INT4: uint4 with zero points (ONNX Runtime only: TensorRT takes symmetric INT4)."),
+    click.option("--int4-lm-head/--no-int4-lm-head", default=True, show_default=True,
+                 help="INT4: quantize the LM head too."),
+    click.option("--int4-activations", type=click.Choice(("fp16", "fp32")), default="fp16", show_default=True,
+                 help="INT4: precision of activations and everything not an INT4 weight."),
 )
 
 
@@ -115,13 +125,17 @@ def optimize_settings(precision, disabled_passes, keep_io_fp32, **_):
 
 
 def calibration_settings(calibration_data, calibration_method, calibration_samples, smoothquant_alpha,
-                         accuracy_target, int8_attention, exclude_nodes, float_precision, **_):
+                         accuracy_target, int8_attention, exclude_nodes, float_precision, int4_method="awq",
+                         int4_block_size="128", int4_asymmetric=False, int4_lm_head=True, int4_activations="fp16",
+                         **_):
     from trtcompile.settings import CalibrationSettings
 
     return CalibrationSettings(data=calibration_data, method=calibration_method, num_samples=calibration_samples,
                                smoothquant_alpha=smoothquant_alpha, accuracy_target=accuracy_target,
                                int8_attention=int8_attention, exclude_nodes=tuple(exclude_nodes),
-                               float_precision=float_precision)
+                               float_precision=float_precision, int4_method=int4_method,
+                               int4_block_size=int(int4_block_size), int4_symmetric=not int4_asymmetric,
+                               int4_lm_head=int4_lm_head, int4_activations=int4_activations)
 
 
 def build_settings(opt_level, workspace_mib, timing_cache, hardware_compat, version_compatible,

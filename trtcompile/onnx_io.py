@@ -31,12 +31,36 @@ def load_model(path: str | Path, *, load_weights: bool = True) -> onnx.ModelProt
 
 
 def to_graph(model: onnx.ModelProto) -> gs.Graph:
+    if any(t.data_type in _NO_NUMPY_TYPES for t in model.graph.initializer):
+        # FP8 weights: onnx-graphsurgeon warns that numpy has no such type, and keeps them intact.
+        severity = gs.logger.G_LOGGER.severity
+        gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.ERROR
+        try:
+            return gs.import_onnx(model)
+        finally:
+            gs.logger.G_LOGGER.severity = severity
     return gs.import_onnx(model)
 
 
+_NO_NUMPY_TYPES = {onnx.TensorProto.FLOAT8E4M3FN, onnx.TensorProto.FLOAT8E5M2}
+
+
 def to_model(graph: gs.Graph) -> onnx.ModelProto:
+    _repack_narrow_constants(graph)
     model = gs.export_onnx(graph)
     return fix_ir_version(model)
+
+
+def _repack_narrow_constants(graph: gs.Graph) -> None:
+    """INT4/UINT4/FLOAT8 constants whose values were read into numpy (ml_dtypes, one byte per value)
+    go back to onnx tensors: onnx-graphsurgeon would write the bytes unpacked under a 4-bit type."""
+    from onnx import numpy_helper
+
+    for tensor in graph.tensors().values():
+        if isinstance(tensor, gs.Constant) and not isinstance(tensor._values, gs.ir.tensor.LazyValues):
+            dtype = tensor.values.dtype
+            if dtype.kind == "V" or dtype.name in ("int4", "uint4", "float8_e4m3fn", "float8_e5m2"):
+                tensor._values = gs.ir.tensor.LazyValues(numpy_helper.from_array(tensor.values, tensor.name))
 
 
 def fix_ir_version(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -79,20 +79,29 @@ def check_optimize(settings: OptimizeSettings, calibration: CalibrationSettings)
 
 def check_calibration(precision: str, calibration: CalibrationSettings) -> None:
     defaults = CalibrationSettings()
-    if precision != "int8":
-        given = [opt for opt, set_ in (("--calibration-data", calibration.data is not None),
-                                       ("--accuracy-target", calibration.accuracy_target is not None),
-                                       ("--exclude-node", bool(calibration.exclude_nodes)),
+    quantized = precision in ("int8", "fp8", "int4")  # calibration data, accuracy target, excluded nodes
+    qdq = precision in ("int8", "fp8")                 # Q/DQ options (ranges, attention, float rest)
+    if not quantized or precision == "int4":
+        given = [opt for opt, set_ in (("--calibration-data", calibration.data is not None and not quantized),
+                                       ("--accuracy-target", calibration.accuracy_target is not None and not quantized),
+                                       ("--exclude-node", bool(calibration.exclude_nodes) and not quantized),
                                        ("--int8-attention", calibration.int8_attention),
                                        ("--int8-fallback", calibration.float_precision != defaults.float_precision),
                                        ("--calibration-method", calibration.method != defaults.method))
                  if set_]
         if given:
-            raise UserError(f"{given[0]} applies only to --precision int8, but the precision is {precision}",
+            scope = "int8/fp8/int4" if given[0] in ("--calibration-data", "--accuracy-target", "--exclude-node") \
+                else "int8/fp8"
+            raise UserError(f"{given[0]} applies only to --precision {scope}, but the precision is {precision}",
                             hint=f"add --precision int8, or drop {given[0]}")
-        return
+        if not quantized or calibration.data is None:
+            if precision == "int4" and calibration.int4_method == "awq":
+                raise UserError("--int4-method awq needs calibration data",
+                                hint="pass --calibration-data FILE (a text file works for models with a tokenizer), "
+                                     "or use --int4-method rtn")
+            return
     if calibration.data is None:
-        raise UserError("--precision int8 needs calibration data",
+        raise UserError(f"--precision {precision} needs calibration data",
                         hint="pass --calibration-data FILE (.npz of inputs, or a text file for models "
                              "with a tokenizer; samples/calibration.txt is one)")
     if not Path(calibration.data).is_file():

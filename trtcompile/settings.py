@@ -8,8 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")
-CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int4", "fp8")
+CALIBRATION_METHODS = ("minmax", "percentile", "entropy", "mse")
 HARDWARE_COMPATIBILITY = ("none", "ampere_plus", "same_compute_capability")
 # The TensorRT runtime a package's engines are built for: "full" (tensorrt) runs any engine of its
 # own version; "lean" (tensorrt_lean, pip-installable, ~45 MB) runs only version-compatible ones.
@@ -72,6 +72,19 @@ class CalibrationSettings:
     # Precision of everything that is not INT8 (norms, attention, fallback layers): "fp32", or
     # "fp16" for TensorRT speed (the Q/DQ scales become FP16 too; accuracy is re-measured).
     float_precision: str = "fp32"
+    # INT4 weight-only (--precision int4): "awq" (activation-aware scales + clip search, needs
+    # calibration data) or "rtn" (round to nearest).
+    int4_method: str = "awq"
+    # Weights per block of this many rows along K; 128 is what TensorRT's INT4 GEMM and ModelOpt
+    # default to (a weight whose K it does not divide takes the largest of 64/32/16 that does).
+    int4_block_size: int = 128
+    # Symmetric (zero point 0) is the only form TensorRT takes; asymmetric (uint4 + zero points)
+    # runs on ONNX Runtime only.
+    int4_symmetric: bool = True
+    # Quantize the LM head (the largest single weight of a small LLM) too.
+    int4_lm_head: bool = True
+    # Precision of everything that is not an INT4 weight: fp16 for TensorRT, fp32 for CPU speed.
+    int4_activations: str = "fp16"
 
 
 @dataclass(frozen=True)
@@ -104,10 +117,11 @@ class VerifySettings:
     # from the calibration distribution, so its bounds only catch a broken graph; INT8 accuracy on
     # real data is the quantizer's held-out gate (--accuracy-target), recorded in the manifest.
     atol: dict[str, float] = field(
-        default_factory=lambda: {"fp32": 1e-4, "fp16": 5e-2, "bf16": 2e-1, "int8": 1.0}
+        default_factory=lambda: {"fp32": 1e-4, "fp16": 5e-2, "bf16": 2e-1, "int8": 1.0, "fp8": 1.0, "int4": 1.0}
     )
     min_cosine: dict[str, float] = field(
-        default_factory=lambda: {"fp32": 0.99999, "fp16": 0.999, "bf16": 0.99, "int8": 0.95}
+        default_factory=lambda: {"fp32": 0.99999, "fp16": 0.999, "bf16": 0.99, "int8": 0.95, "fp8": 0.95,
+                                 "int4": 0.95}
     )
     seed: int = 0
     enabled: bool = True

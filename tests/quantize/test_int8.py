@@ -60,7 +60,7 @@ def _check_structure(q: onnx.ModelProto, ctx) -> gs.Graph:
 
 @pytest.mark.parametrize("family,method,alpha", [
     ("bert", "minmax", None), ("bert", "entropy", None), ("gpt2", "percentile", None),
-    ("llama", "entropy", None), ("llama", "minmax", 0.5), ("gpt2", "minmax", "auto")])
+    ("llama", "entropy", None), ("llama", "minmax", 0.5), ("gpt2", "minmax", "auto"), ("bert", "mse", "auto")])
 def test_int8_family_matches_fp32(family, method, alpha):
     model, q, ctx, ev = _quantize(family, method=method, smoothquant_alpha=alpha)
     graph = _check_structure(q, ctx)

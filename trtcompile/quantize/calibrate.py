@@ -3,7 +3,7 @@
 The chosen tensors become extra graph outputs of an in-memory copy of the model (nothing is
 written to the working directory, unlike onnxruntime.quantization's calibrators, which leave
 ~90 MB of augmented models behind). Per tensor: a histogram of |x| (ranges.AbsHistogram) and,
-for SmoothQuant, the per-channel max |x| over the last axis.
+for SmoothQuant, the per-channel max |x| over the last axis; for AWQ, the per-channel mean |x|.
 """
 
 from __future__ import annotations
@@ -15,11 +15,12 @@ from trtcompile.graph.session import ort_session  # noqa: F401 - calibration run
 from trtcompile.quantize.ranges import AbsHistogram
 
 def collect(model: onnx.ModelProto, tensors: list[str], feeds: list[dict[str, np.ndarray]], *,
-            per_channel: bool = False, sample_rows: int = 0,
+            per_channel: bool = False, sample_rows: int = 0, channel_mean: bool = False,
             description: str = "calibrating") -> dict[str, dict]:
-    """{tensor: {"hist": AbsHistogram, "channel_amax": ndarray | None, "rows": ndarray | None}}
-    over all feeds; "rows" keeps the first `sample_rows` rows ([N, channels]) for SmoothQuant's
-    alpha search."""
+    """{tensor: {"hist": AbsHistogram, "channel_amax": ndarray | None, "rows": ndarray | None,
+    "channel_mean": ndarray | None}} over all feeds; "rows" keeps the first `sample_rows` rows
+    ([N, channels]) for SmoothQuant's alpha search and AWQ's scale search. Padded positions are
+    included (calibration batches are mostly real tokens)."""
     augmented = onnx.ModelProto()
     augmented.CopyFrom(model)
     present = {o.name for o in augmented.graph.output}
@@ -27,7 +28,9 @@ def collect(model: onnx.ModelProto, tensors: list[str], feeds: list[dict[str, np
         if name not in present:
             augmented.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
     session = ort_session(augmented, optimize=False)
-    stats = {name: {"hist": AbsHistogram(), "channel_amax": None, "rows": None} for name in tensors}
+    stats = {name: {"hist": AbsHistogram(), "channel_amax": None, "rows": None, "channel_mean": None}
+             for name in tensors}
+    sums = {name: [0.0, 0] for name in tensors}
     with _progress(description, len(feeds)) as advance:
         for feed in feeds:
             values = session.run(tensors, feed)
@@ -39,13 +42,22 @@ def collect(model: onnx.ModelProto, tensors: list[str], feeds: list[dict[str, np
                     peak = flat.max(axis=0)
                     entry["channel_amax"] = peak if entry["channel_amax"] is None else np.maximum(
                         entry["channel_amax"], peak)
+                if channel_mean:
+                    flat = np.abs(np.asarray(value, np.float32)).reshape(-1, value.shape[-1])
+                    sums[name][0] = sums[name][0] + flat.sum(axis=0, dtype=np.float64)
+                    sums[name][1] += flat.shape[0]
                 if sample_rows:
                     rows = np.asarray(value, np.float32).reshape(-1, value.shape[-1])
                     have = 0 if entry["rows"] is None else len(entry["rows"])
                     if have < sample_rows:
-                        take = rows[: sample_rows - have]
+                        # Evenly spaced rows from every batch, not the first rows of the first one.
+                        quota = min(sample_rows - have, -(-sample_rows // len(feeds)), len(rows))
+                        take = rows[np.linspace(0, len(rows) - 1, quota).astype(np.int64)]
                         entry["rows"] = take if entry["rows"] is None else np.concatenate([entry["rows"], take])
             advance()
+    if channel_mean:
+        for name, (total, count) in sums.items():
+            stats[name]["channel_mean"] = np.asarray(total, np.float64) / max(count, 1)
     return stats
 
 

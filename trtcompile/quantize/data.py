@@ -209,6 +209,10 @@ def _token_feed(enc, inputs: list[TensorSpec], buckets: list[Bucket]) -> dict[st
         dims[spec_ids.shape[0]] = batch
     if len(spec_ids.shape) > 1 and isinstance(spec_ids.shape[1], str):
         dims[spec_ids.shape[1]] = seq
+    # A mask over a dim of its own (a static cache's kv_sequence): as wide as the new tokens.
+    spec_mask = next((s for s in inputs if s.name == "attention_mask"), None)
+    if spec_mask is not None and isinstance(spec_mask.shape[-1], str) and "+" not in spec_mask.shape[-1]:
+        dims.setdefault(spec_mask.shape[-1], seq)
     # Other named dims (past_sequence for a KV-cache graph): the smallest any bucket allows.
     for spec in inputs:
         for d in spec.shape:

@@ -1,12 +1,17 @@
-"""INT8 explicit quantization: calibrate, place Q/DQ, measure, and back off sensitive layers.
+"""INT8 and FP8 explicit quantization: calibrate, place Q/DQ, measure, back off sensitive layers.
 
     FP32 graph ──(SmoothQuant, optional)──> calibrate in ONNX Runtime ──> ranges (minmax |
     percentile | entropy) ──> Q/DQ on every MatMul/Gemm ──> accuracy vs FP32 on held-out data
         └─ below --accuracy-target: rank layers by sensitivity (each quantized alone), bisect
            for the fewest FP32 layers that meet the target; none does -> UserError.
 
-The decisions (each MatMul's range and whether it is INT8, each kept layer and why) and the final
-accuracy go into `ctx.report` (a PassReport named "quantize_int8", accuracy in `extra`).
+FP8 (E4M3, `fmt=FP8`) is the same flow with a different quantized type: per-channel weights and
+per-tensor activations with scales amax/448, for Ada/Hopper TensorRT. SmoothQuant's "auto" search
+is INT8-specific, so FP8 runs without it unless an explicit alpha is given.
+
+The decisions (each MatMul's range and whether it is quantized, each kept layer and why) and the
+final accuracy go into `ctx.report` (the step's PassReport, "quantize_int8" / "quantize_fp8",
+accuracy in `extra`).
 """
 
 from __future__ import annotations
@@ -24,53 +29,73 @@ from trtcompile.settings import CALIBRATION_METHODS, CalibrationSettings
 
 log = logging.getLogger("trtcompile.quantize")
 _SENSITIVITY_BATCHES = 8
+_GREEDY_POOL = 8  # candidates the greedy fallback search tries at each step
 _AUTO_ROWS = 2048  # activation rows kept per tensor for SmoothQuant's alpha search
 
 
 def quantize_int8(model: onnx.ModelProto, calibration: list[dict[str, np.ndarray]],
                   settings: CalibrationSettings, ctx: PassContext,
-                  evaluation: list[dict[str, np.ndarray]] | None = None) -> onnx.ModelProto:
+                  evaluation: list[dict[str, np.ndarray]] | None = None, fmt=None) -> onnx.ModelProto:
     """The FP32 `model` with calibrated Q/DQ on its MatMul/Gemm inputs; report in `ctx.report`."""
     from trtcompile.graph.session import ort_session
     from trtcompile.graph.types import with_types
     from trtcompile.quantize.accuracy import compare, run_all
     from trtcompile.quantize.calibrate import collect
-    from trtcompile.quantize.qdq import find_targets, insert_qdq
+    from trtcompile.quantize.qdq import INT8, find_targets, insert_qdq
     from trtcompile.quantize.ranges import activation_amax
     from trtcompile.quantize.smoothquant import smooth
 
-    report = ctx.report = PassReport("quantize_int8", nodes_before=len(model.graph.node))
+    fmt = fmt or INT8
+    label = fmt.name.upper()
+    report = step_report(ctx, f"quantize_{fmt.name}", model)
     _check_settings(settings)
     _check_feeds(model, calibration, "calibration data", settings)
     if evaluation is not None:
         _check_feeds(model, evaluation, "evaluation data", settings)
 
     graph = with_types(gs.import_onnx(model))
+    from trtcompile.quantize.qdq import materialize_transposed_weights
+
+    tied = materialize_transposed_weights(graph)
+    if tied:
+        report.note(f"{tied} read their weight as Transpose(constant) (a tied embedding): quantized from a copy")
     targets = find_targets(graph, report, settings.int8_attention)
     excluded = [t for t in targets if t.node in settings.exclude_nodes]
     for t in excluded:
         report.decline(t.node, "excluded by the user (exclude_nodes): kept FP32", op=t.op)
     targets = [t for t in targets if t.node not in settings.exclude_nodes]
     if not targets:
-        ctx.warn("quantize_int8: no MatMul/Gemm with a constant weight to quantize; the model stays FP32")
+        ctx.warn(f"quantize_{fmt.name}: no MatMul/Gemm with a constant weight to quantize; the model stays FP32")
         report.note("nothing to quantize")
         return model
 
-    if settings.smoothquant_alpha is not None:
+    smoothquant = settings.smoothquant_alpha
+    if fmt is not INT8 and smoothquant == "auto":
+        report.note(f"smoothquant 'auto' searches INT8 error; {label} runs without it (give a number to force it)")
+        smoothquant = None
+    if smoothquant is not None:
         acts = sorted({t.activations[0] for t in targets if t.weight is not None})
-        auto = settings.smoothquant_alpha == "auto"
+        auto = smoothquant == "auto"
         stats = _collect(collect, _export(graph), acts, calibration, per_channel=True,
                          sample_rows=_AUTO_ROWS if auto else 0, description="smoothquant statistics")
         graph = smooth(graph, targets, {n: s["channel_amax"] for n, s in stats.items()},
-                       settings.smoothquant_alpha, report,
+                       smoothquant, report,
                        samples={n: s["rows"] for n, s in stats.items()} if auto else None)
         keep = {t.node for t in targets}
         targets = [t for t in find_targets(graph, None, settings.int8_attention) if t.node in keep]
     fp32_model = _export(graph)
 
     acts = sorted({a for t in targets for a in t.activations})
-    stats = _collect(collect, fp32_model, acts, calibration, description=f"calibrating ({settings.method})")
-    amax = {n: activation_amax(s["hist"], settings.method, settings.percentile) for n, s in stats.items()}
+    mse = settings.method == "mse"
+    stats = _collect(collect, fp32_model, acts, calibration, description=f"calibrating ({settings.method})",
+                     sample_rows=_AUTO_ROWS if mse else 0)
+    if mse:
+        from trtcompile.quantize.ranges import search_amax
+
+        weights = _weights_by_activation(gs.import_onnx(fp32_model), targets)
+        amax = {n: search_amax(s["hist"], s["rows"], weights.get(n, []), fmt) for n, s in stats.items()}
+    else:
+        amax = {n: activation_amax(s["hist"], settings.method, settings.percentile) for n, s in stats.items()}
 
     eval_feeds = evaluation if evaluation is not None else calibration
     if evaluation is None:
@@ -79,7 +104,7 @@ def quantize_int8(model: onnx.ModelProto, calibration: list[dict[str, np.ndarray
     language_model = _is_language_model(ctx, model)
 
     def build(subset) -> onnx.ModelProto:
-        return _export(insert_qdq(gs.import_onnx(fp32_model), subset, amax))
+        return _export(insert_qdq(gs.import_onnx(fp32_model), subset, amax, fmt))
 
     def measure(subset, feeds=eval_feeds, ref=reference) -> dict:
         return compare(ref, run_all(ort_session(build(subset)), feeds), feeds, language_model)
@@ -88,7 +113,7 @@ def quantize_int8(model: onnx.ModelProto, calibration: list[dict[str, np.ndarray
     quantized, kept_reason = list(targets), {}
     target = settings.accuracy_target
     if target is not None and accuracy["score"] < target:
-        log.info("INT8 %s %.5f below target %.5f: ranking layers by sensitivity",
+        log.info(label + " %s %.5f below target %.5f: ranking layers by sensitivity",
                  accuracy["metric"], accuracy["score"], target)
         few = eval_feeds[:_SENSITIVITY_BATCHES]
         few_ref = reference[:_SENSITIVITY_BATCHES]
@@ -109,9 +134,9 @@ def quantize_int8(model: onnx.ModelProto, calibration: list[dict[str, np.ndarray
         if not ok(n - 1):
             best = tries[n - 1]
             raise UserError(
-                f"INT8 cannot reach accuracy target {target} ({accuracy['metric']}): with all {n} MatMuls "
-                f"in INT8 it is {accuracy['score']:.7f}, and even with only the least sensitive one "
-                f"({order[-1].node!r}) in INT8 it is {best['score']:.7f}",
+                f"{label} cannot reach accuracy target {target} ({accuracy['metric']}): with all {n} MatMuls "
+                f"in {label} it is {accuracy['score']:.7f}, and even with only the least sensitive one "
+                f"({order[-1].node!r}) in {label} it is {best['score']:.7f}",
                 hint="lower --accuracy-target, try another --calibration-method or --smoothquant-alpha, "
                      "or use --precision fp16")
         lo, hi = 0, n - 1
@@ -122,36 +147,80 @@ def quantize_int8(model: onnx.ModelProto, calibration: list[dict[str, np.ndarray
             else:
                 lo = mid
         accuracy = tries[hi]
-        quantized = order[hi:]
-        for t in order[:hi]:
-            kept_reason[t.node] = (f"kept FP32: most sensitive layers first (1 - cosine alone "
-                                   f"{sensitivity[t.node][1]:.3g}) until {accuracy['metric']} >= {target}")
-        report.note(f"fallback: {hi} of {n} MatMuls kept FP32 to reach {accuracy['metric']} "
-                    f"{accuracy['score']:.5f} >= {target} ({len(tries) + n} evaluations)")
+        kept = order[:hi]
+        how = "most sensitive layers first"
+        evaluations = len(tries) + n
+        if hi > 1:
+            # Layers interact: a different, smaller set may do. Greedy, among the most sensitive.
+            fewer = _greedy_fallback(targets, order[:max(_GREEDY_POOL, 2 * hi)], hi - 1, target, measure)
+            evaluations += fewer[2]
+            if fewer[0] is not None:
+                kept, accuracy, how = fewer[0], fewer[1], "greedy, each step the layer that helps most"
+        quantized = [t for t in targets if t not in kept]
+        for t in kept:
+            kept_reason[t.node] = (f"kept FP32: {how} (1 - cosine alone {sensitivity[t.node][1]:.3g}) "
+                                   f"until {accuracy['metric']} >= {target}")
+        report.note(f"fallback: {len(kept)} of {n} MatMuls kept FP32 to reach {accuracy['metric']} "
+                    f"{accuracy['score']:.5f} >= {target} ({evaluations} evaluations)")
 
     final = build(quantized)
     if settings.float_precision == "fp16":
         final, accuracy = _rest_to_fp16(final, ctx, report, eval_feeds, reference, language_model)
         if target is not None and accuracy["score"] < target:
-            ctx.warn(f"quantize_int8: with the non-INT8 layers in FP16, {accuracy['metric']} is "
-                     f"{accuracy['score']:.5f}, below the target {target} that INT8+FP32 met")
+            ctx.warn(f"quantize_{fmt.name}: with the non-{label} layers in FP16, {accuracy['metric']} is "
+                     f"{accuracy['score']:.5f}, below the target {target} that {label}+FP32 met")
     for t in targets:
         if t.node in kept_reason:
             report.decline(t.node, kept_reason[t.node], op=t.op)
         else:
-            report.match(t.node, op=t.op, dtype="int8", activations={a: _amax_dict(amax[a]) for a in t.activations},
+            report.match(t.node, op=t.op, dtype=fmt.name, activations={a: _amax_dict(amax[a], fmt) for a in t.activations},
                          weight=t.weight, weight_axis=t.weight_axis, method=settings.method)
     matmuls = sum(1 for n in final.graph.node if n.op_type in ("MatMul", "Gemm"))
     accuracy = {k: (round(v, 8) if isinstance(v, float) else v) for k, v in accuracy.items()}
-    accuracy.update(int8_matmuls=len(quantized), matmuls=matmuls, method=settings.method,
+    accuracy.update({f"{fmt.name}_matmuls": len(quantized)}, quantized_matmuls=len(quantized), matmuls=matmuls,
+                    method=settings.method,
                     float_precision=settings.float_precision,
-                    smoothquant_alpha=settings.smoothquant_alpha, target=target,
+                    smoothquant_alpha=smoothquant, target=target,
                     evaluation="held-out" if evaluation is not None else "calibration")
     report.extra["accuracy"] = accuracy
     report.nodes_after = len(final.graph.node)
-    report.note(f"INT8 on {len(quantized)} of {matmuls} MatMul/Gemm; {accuracy['metric']} {accuracy['score']:.6f}, "
+    report.note(f"{label} on {len(quantized)} of {matmuls} MatMul/Gemm; {accuracy['metric']} {accuracy['score']:.6f}, "
                 f"worst cosine {accuracy['cosine_min']:.6f}, max abs {accuracy['max_abs']:.4g}")
     return final
+
+
+def _greedy_fallback(targets, pool, budget: int, target: float, measure):
+    """(kept, accuracy, evaluations): at most `budget` layers of `pool` kept float, chosen one at
+    a time by the score they give, that reach `target`; kept None when none does."""
+    kept: list = []
+    evaluations = 0
+    for _ in range(budget):
+        best = None
+        for candidate in pool:
+            if candidate in kept:
+                continue
+            trial = kept + [candidate]
+            accuracy = measure([t for t in targets if t not in trial])
+            evaluations += 1
+            if best is None or accuracy["score"] > best[1]["score"]:
+                best = (trial, accuracy)
+        if best is None:
+            break
+        kept = best[0]
+        if best[1]["score"] >= target:
+            return kept, best[1], evaluations
+    return None, None, evaluations
+
+
+def _weights_by_activation(graph: gs.Graph, targets) -> dict[str, list[np.ndarray]]:
+    """Each quantized activation's weights as [K, N] (what its Q/DQ error is measured through)."""
+    tensors = graph.tensors()
+    out: dict[str, list[np.ndarray]] = {}
+    for t in targets:
+        if t.weight is not None:
+            w = np.asarray(tensors[t.weight].values, np.float32)
+            out.setdefault(t.activations[0], []).append(w if t.weight_axis == 1 else w.T)
+    return out
 
 
 def _rest_to_fp16(model, ctx: PassContext, report: PassReport, feeds, reference, language_model):
@@ -159,12 +228,13 @@ def _rest_to_fp16(model, ctx: PassContext, report: PassReport, feeds, reference,
     from dataclasses import replace
 
     from trtcompile.graph.session import ort_session
+    from trtcompile.onnx_io import to_graph
     from trtcompile.passes.convert_fp16 import convert_float  # the FP16 pass itself; see tests/test_layering.py
     from trtcompile.quantize.accuracy import compare, run_all
 
     sub = PassContext(settings=replace(ctx.settings, precision="int8"), model=ctx.model,
                       report=PassReport("convert_fp16"))
-    graph = convert_float(gs.import_onnx(model), sub, np.float16, sample_feeds=feeds[:2])
+    graph = convert_float(to_graph(model), sub, np.float16, sample_feeds=feeds[:2])
     ctx.warnings.extend(sub.warnings)
     out = _export(graph)
     report.notes.extend(f"fp16 rest: {note}" for note in sub.report.notes)
@@ -173,10 +243,18 @@ def _rest_to_fp16(model, ctx: PassContext, report: PassReport, feeds, reference,
     return out, accuracy
 
 
-def _amax_dict(amax: float) -> dict:
+def _amax_dict(amax: float, fmt) -> dict:
     from trtcompile.quantize.qdq import activation_scale
 
-    return {"amax": round(float(amax), 6), "scale": activation_scale(amax)}
+    return {"amax": round(float(amax), 6), "scale": activation_scale(amax, fmt)}
+
+
+def step_report(ctx: PassContext, name: str, model: onnx.ModelProto) -> PassReport:
+    """The report of the pipeline step now running (run_pipeline made it), or a new one when a
+    quantizer is called on its own."""
+    if ctx.report.name != name:
+        ctx.report = PassReport(name, nodes_before=len(model.graph.node))
+    return ctx.report
 
 
 def _collect(collect, model, tensors, feeds, **kw):
@@ -208,7 +286,7 @@ def _is_language_model(ctx: PassContext, model: onnx.ModelProto) -> bool:
 def _check_settings(settings: CalibrationSettings) -> None:
     if settings.method not in CALIBRATION_METHODS:
         raise UserError(f"calibration method {settings.method!r} is not one of {list(CALIBRATION_METHODS)}",
-                        hint="use --calibration-method minmax, percentile or entropy")
+                        hint="use --calibration-method minmax, percentile, entropy or mse")
     if not 0 < settings.percentile <= 100:
         raise UserError(f"calibration percentile {settings.percentile} is outside (0, 100]",
                         hint="use e.g. 99.99")

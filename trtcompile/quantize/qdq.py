@@ -24,6 +24,37 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 INT8_MAX = 127
+FP8_E4M3_MAX = 448.0
+
+
+@dataclass(frozen=True)
+class QFormat:
+    """The quantized type of a Q/DQ pair: INT8 (int8, |q| <= 127) or FP8 (E4M3, |q| <= 448).
+
+    TensorRT takes both as explicit Q/DQ on MatMul/Gemm inputs, symmetric (zero point 0), weights
+    per output channel and activations per tensor; FP8 needs Ada/Hopper or later."""
+
+    name: str
+    qmax: float
+
+    @property
+    def dtype(self):
+        if self.name == "int8":
+            return np.dtype(np.int8)
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.float8_e4m3fn)
+
+    def cast(self, scaled: np.ndarray) -> np.ndarray:
+        """Values already divided by their scale, rounded and saturated into this type."""
+        clipped = np.clip(scaled, -self.qmax, self.qmax)
+        if self.name == "int8":
+            return np.rint(clipped).astype(np.int8)
+        return clipped.astype(self.dtype)  # round-to-nearest-even, as QuantizeLinear's saturate=1
+
+
+INT8 = QFormat("int8", float(INT8_MAX))
+FP8 = QFormat("fp8", FP8_E4M3_MAX)
 
 
 @dataclass(frozen=True)
@@ -78,18 +109,18 @@ def _float_var(t) -> bool:
     return isinstance(t, gs.Variable) and (t.dtype is None or np.dtype(t.dtype) == np.float32)
 
 
-def quantize_weight(w: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric per-channel int8: (w_int8, scale) with w ~= w_int8 * scale along `axis`."""
+def quantize_weight(w: np.ndarray, axis: int, fmt: QFormat = INT8) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric per-channel: (w_q, scale) with w ~= w_q * scale along `axis` (int8 or fp8 e4m3)."""
     reduce = tuple(i for i in range(w.ndim) if i != axis)
     amax = np.abs(w).max(axis=reduce)
-    scale = np.where(amax > 0, amax / INT8_MAX, 1.0).astype(np.float32)
+    scale = np.where(amax > 0, amax / fmt.qmax, 1.0).astype(np.float32)
     shape = [1] * w.ndim
     shape[axis] = -1
-    q = np.clip(np.rint(w / scale.reshape(shape)), -INT8_MAX, INT8_MAX).astype(np.int8)
+    q = fmt.cast(w / scale.reshape(shape))
     return q, scale
 
 
-def insert_qdq(graph: gs.Graph, targets: list[Target], amax: dict[str, float]) -> gs.Graph:
+def insert_qdq(graph: gs.Graph, targets: list[Target], amax: dict[str, float], fmt: QFormat = INT8) -> gs.Graph:
     """Write Q/DQ for `targets` with activation ranges `amax` (tensor name -> max |x|)."""
     nodes = {n.name: n for n in graph.nodes}
     tensors = graph.tensors()
@@ -99,44 +130,52 @@ def insert_qdq(graph: gs.Graph, targets: list[Target], amax: dict[str, float]) -
         node = nodes[target.node]
         for name in target.activations:
             if name not in act_dq:
-                act_dq[name] = _activation_qdq(graph, tensors[name], amax[name])
+                act_dq[name] = _activation_qdq(graph, tensors[name], amax[name], fmt)
             for i, t in enumerate(node.inputs):
                 if t.name == name:
                     node.inputs[i] = act_dq[name]
         if target.weight is not None:
             key = (target.weight, target.weight_axis)
             if key not in weight_dq:
-                weight_dq[key] = _weight_dq(graph, tensors[target.weight], target.weight_axis)
+                weight_dq[key] = _weight_dq(graph, tensors[target.weight], target.weight_axis, fmt)
             node.inputs[target.weight_index] = weight_dq[key]
     return graph.cleanup().toposort()
 
 
-def activation_scale(amax: float) -> float:
-    return float(max(amax, 1e-8) / INT8_MAX)
+def activation_scale(amax: float, fmt: QFormat = INT8) -> float:
+    return float(max(amax, 1e-8) / fmt.qmax)
 
 
-def _activation_qdq(graph: gs.Graph, x: gs.Variable, amax: float) -> gs.Variable:
-    scale = gs.Constant(f"{x.name}_scale", np.array(activation_scale(amax), dtype=np.float32))
-    zero = gs.Constant(f"{x.name}_zero_point", np.array(0, dtype=np.int8))
-    q = gs.Variable(f"{x.name}_quantized", dtype=np.int8, shape=x.shape)
+def _activation_qdq(graph: gs.Graph, x: gs.Variable, amax: float, fmt: QFormat = INT8) -> gs.Variable:
+    scale = gs.Constant(f"{x.name}_scale", np.array(activation_scale(amax, fmt), dtype=np.float32))
+    zero = _constant(f"{x.name}_zero_point", np.zeros((), fmt.dtype))
+    q = gs.Variable(f"{x.name}_quantized", dtype=fmt.dtype, shape=x.shape)
     dq = gs.Variable(f"{x.name}_dequantized", dtype=np.float32, shape=x.shape)
     graph.nodes.append(gs.Node("QuantizeLinear", f"{x.name}_QuantizeLinear", inputs=[x, scale, zero], outputs=[q]))
     graph.nodes.append(gs.Node("DequantizeLinear", f"{x.name}_DequantizeLinear", inputs=[q, scale, zero], outputs=[dq]))
     return dq
 
 
-def _weight_dq(graph: gs.Graph, w: gs.Constant, axis: int) -> gs.Variable:
-    q, scale = quantize_weight(np.asarray(w.values, np.float32), axis)
-    qc = gs.Constant(f"{w.name}_int8", q)
+def _weight_dq(graph: gs.Graph, w: gs.Constant, axis: int, fmt: QFormat = INT8) -> gs.Variable:
+    q, scale = quantize_weight(np.asarray(w.values, np.float32), axis, fmt)
+    qc = _constant(f"{w.name}_{fmt.name}", q)
     sc = gs.Constant(f"{w.name}_scale", scale)
-    zero = gs.Constant(f"{w.name}_zero_point", np.zeros(scale.shape, np.int8))
+    zero = _constant(f"{w.name}_zero_point", np.zeros(scale.shape, fmt.dtype))
     out = gs.Variable(f"{w.name}_dequantized", dtype=np.float32, shape=list(q.shape))
     graph.nodes.append(gs.Node("DequantizeLinear", f"{w.name}_DequantizeLinear", {"axis": axis},
                                inputs=[qc, sc, zero], outputs=[out]))
     return out
 
 
-def check_placement(graph: gs.Graph, node_names: list[str]) -> list[str]:
+def _constant(name: str, values: np.ndarray) -> gs.Constant:
+    if values.dtype == np.int8:
+        return gs.Constant(name, values)
+    from trtcompile.quantize.blocks import packed_constant
+
+    return packed_constant(name, values)  # float8: onnx-graphsurgeon has no numpy type for it
+
+
+def check_placement(graph: gs.Graph, node_names: list[str], fmt: QFormat = INT8) -> list[str]:
     """Problems with the Q/DQ of the named MatMul/Gemm nodes (empty = placed as TensorRT wants).
 
     Each float input must come straight from a DequantizeLinear whose input is a QuantizeLinear
@@ -156,11 +195,11 @@ def check_placement(graph: gs.Graph, node_names: list[str]) -> list[str]:
                 continue
             src = producer.inputs[0]
             zp = producer.inputs[2] if len(producer.inputs) > 2 else None
-            if zp is not None and isinstance(zp, gs.Constant) and np.any(np.asarray(zp.values) != 0):
+            if zp is not None and isinstance(zp, gs.Constant) and np.any(np.asarray(zp.values).astype(np.float32) != 0):
                 problems.append(f"{name} input {i}: zero point is not 0 (TensorRT wants symmetric)")
             if isinstance(src, gs.Constant):
-                if np.asarray(src.values).dtype != np.int8:
-                    problems.append(f"{name} input {i}: weight is {np.asarray(src.values).dtype}, not int8")
+                if np.asarray(src.values).dtype != fmt.dtype:
+                    problems.append(f"{name} input {i}: weight is {np.asarray(src.values).dtype}, not {fmt.dtype}")
                 scale = np.asarray(producer.inputs[1].values)
                 axis = producer.attrs.get("axis", 1)
                 out_axis = 0 if node.op == "Gemm" and node.attrs.get("transB", 0) else 1
@@ -173,3 +212,25 @@ def check_placement(graph: gs.Graph, node_names: list[str]) -> list[str]:
                 elif np.asarray(q.inputs[1].values).size != 1:
                     problems.append(f"{name} input {i}: activation scale is not per-tensor")
     return problems
+
+
+def materialize_transposed_weights(graph: gs.Graph) -> list[str]:
+    """MatMul/Gemm weights read as Transpose(constant) -- a tied LM head reads the embedding that
+    way, so the embedding stays one initializer -- become constants of their own, so the weight
+    can be quantized (the embedding's Gather keeps the float original). Returns the node names."""
+    done = []
+    for node in graph.nodes:
+        if node.op not in ("MatMul", "Gemm") or len(node.inputs) < 2:
+            continue
+        w = node.inputs[1]
+        if not (isinstance(w, gs.Variable) and len(w.inputs) == 1 and w.inputs[0].op == "Transpose"):
+            continue
+        transpose = w.inputs[0]
+        source = transpose.inputs[0]
+        perm = transpose.attrs.get("perm")
+        if isinstance(source, gs.Constant) and source.values.ndim == 2 and (perm is None or list(perm) == [1, 0]):
+            node.inputs[1] = gs.Constant(f"{node.name}_weight", np.ascontiguousarray(np.asarray(source.values).T))
+            done.append(node.name)
+    if done:
+        graph.cleanup()
+    return done

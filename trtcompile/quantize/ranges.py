@@ -1,4 +1,4 @@
-"""Activation ranges from calibration statistics: min-max, percentile and entropy (KL).
+"""Activation ranges from calibration statistics: min-max, percentile, entropy (KL) and mse.
 
 All three are symmetric (TensorRT's INT8 activations are per-tensor with zero point 0), so each
 works on |x|: a streaming histogram of |x| over [0, R] whose range doubles (merging bin pairs) when
@@ -87,6 +87,37 @@ def entropy_amax(hist: AbsHistogram, levels: int = INT8_LEVELS) -> float:
         if kl < best_kl:
             best_kl, best_i = kl, i
     return float(min(hist.amax, (best_i + 0.5) * hist.width))
+
+
+MSE_PERCENTILES = (99.0, 99.9, 99.99, 99.999)
+
+
+def search_amax(hist: AbsHistogram, rows, weights: list[np.ndarray], fmt=None) -> float:
+    """mse: the clip (max, entropy's, or a percentile) whose quantized activation gives the smallest
+    error of the products X_q @ W_q against X @ W on the sample rows, over the MatMuls reading X.
+    An outlier-heavy FFN input gets a tighter range than min-max; a flat one keeps its max.
+    Without rows or weights (activation x activation MatMuls): min-max."""
+    from trtcompile.quantize.qdq import INT8, quantize_weight
+
+    fmt = fmt or INT8
+    if rows is None or not weights:
+        return minmax_amax(hist)
+    x = np.asarray(rows, np.float64)
+    wq = []
+    for w in weights:
+        q, scale = quantize_weight(w, 1, fmt)
+        wq.append(q.astype(np.float64) * scale[None, :])
+    exact = [x @ w for w in weights]
+    candidates = {minmax_amax(hist), entropy_amax(hist) if fmt.name == "int8" else minmax_amax(hist)}
+    candidates |= {percentile_amax(hist, p) for p in MSE_PERCENTILES}
+    best, best_err = minmax_amax(hist), np.inf
+    for amax in sorted(c for c in candidates if c > 0):
+        step = amax / fmt.qmax
+        xq = fmt.cast(x / step).astype(np.float64) * step
+        err = sum(float(((xq @ w - y) ** 2).mean()) for w, y in zip(wq, exact))
+        if err < best_err:
+            best, best_err = amax, err
+    return float(best)
 
 
 def activation_amax(hist: AbsHistogram, method: str, percentile: float = 99.99) -> float:

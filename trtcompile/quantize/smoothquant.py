@@ -112,6 +112,12 @@ def _fold_inverse(graph: gs.Graph, x: gs.Variable, group: list[Target], nodes, i
                     producer.inputs[i] = gs.Constant(f"{p.name}_{producer.name}_smoothed",
                                                      (vals * inv).astype(np.float32))
                     return f"folded into Mul {producer.name!r}"
+            # SwiGLU: X = act(gate) * up, and up = MatMul(h, W_up) (+ bias): scale W_up's columns.
+            for p in producer.inputs:
+                linear = _linear_producer(p)
+                if linear is not None:
+                    _scale_columns(linear, inv)
+                    return f"folded into the columns of {linear[0].name!r} (feeding Mul {producer.name!r})"
     out = gs.Variable(f"{x.name}_smoothed", dtype=x.dtype, shape=x.shape)
     graph.nodes.append(gs.Node("Mul", f"{x.name}_smooth", inputs=[x, gs.Constant(f"{x.name}_inv_smooth", inv)],
                                outputs=[out]))
@@ -121,3 +127,31 @@ def _fold_inverse(graph: gs.Graph, x: gs.Variable, group: list[Target], nodes, i
             if inp is x:
                 node.inputs[i] = out
     return "as an explicit Mul"
+
+
+def _linear_producer(t):
+    """(MatMul, bias Add or None) when `t` is only read by one node and is MatMul(h, constant W),
+    optionally plus a constant bias: then scaling W's columns (and the bias) scales `t`."""
+    if not isinstance(t, gs.Variable) or len(t.outputs) != 1 or not t.inputs:
+        return None
+    node, add = t.inputs[0], None
+    if node.op == "Add":
+        const = [i for i in node.inputs if isinstance(i, gs.Constant)]
+        var = [i for i in node.inputs if isinstance(i, gs.Variable)]
+        if len(const) != 1 or len(var) != 1 or len(var[0].outputs) != 1 or not var[0].inputs:
+            return None
+        add, node = node, var[0].inputs[0]
+    if node.op != "MatMul" or not isinstance(node.inputs[1], gs.Constant) or node.inputs[1].values.ndim != 2:
+        return None
+    return node, add
+
+
+def _scale_columns(linear, factors: np.ndarray) -> None:
+    matmul, add = linear
+    w = np.asarray(matmul.inputs[1].values, np.float32)
+    matmul.inputs[1] = gs.Constant(f"{matmul.inputs[1].name}_{matmul.name}_colscaled", (w * factors[None, :]).astype(np.float32))
+    if add is not None:
+        for i, t in enumerate(add.inputs):
+            if isinstance(t, gs.Constant):
+                b = np.broadcast_to(np.asarray(t.values, np.float32), np.broadcast_shapes(t.values.shape, factors.shape))
+                add.inputs[i] = gs.Constant(f"{t.name}_{add.name}_colscaled", (b * factors).astype(np.float32))

@@ -25,7 +25,7 @@ from trtcompile.runtime.shapes import Bucket, TensorSpec, dim_terms
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int4", "fp8")
 # Element types the runtime can hand to and take from numpy (bfloat16 has no numpy type).
 NUMPY_DTYPES = ("float32", "float16", "float64", "int8", "uint8", "int32", "int64", "bool")
 _RECOMPILE = "recompile the package"

@@ -11,6 +11,11 @@ from trtcompile.runtime.manifest import Manifest, PackageError, check_sha256
 from trtcompile.runtime.shapes import Bucket
 
 
+# 4: activations quantized to int8 per block inside MatMulNBits (ORT's default, the fast CPU path);
+# 0/1: FP32 compute. `trtcompile bench precision --llm` measures both on SmolLM2.
+MATMULNBITS_ACCURACY_LEVEL = 4
+
+
 class OnnxRuntimeBackend:
     name = "onnxruntime"
 
@@ -33,6 +38,8 @@ class OnnxRuntimeBackend:
         for key, value in (config or {}).items():  # any other ORT session config entry
             opts.add_session_config_entry(str(key), str(value))
         opts.log_severity_level = 3
+        # INT4 weights (DequantizeLinear + MatMul) become MatMulNBits; this picks its compute type.
+        opts.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", str(MATMULNBITS_ACCURACY_LEVEL))
         model_file = manifest.data.get("model_file", "model.onnx")
         for name in (model_file, model_file + ".data"):
             check_sha256(manifest, name)

@@ -1,0 +1,77 @@
+"""FP8 (E4M3) Q/DQ: placement like INT8, numerics against a reference cast done here with ml_dtypes.
+
+Reference: x -> clip(x / s_x, +-448) cast to float8_e4m3fn (round to nearest even) -> * s_x, and the
+weight ints read back from the graph times their per-channel scales; exact up to float32 sums
+(atol 1e-5). Scales are checked against max |x| / 448 and max |w| / 448 computed here.
+"""
+
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+from helpers import cosine, ort_run
+from onnx import helper, numpy_helper
+from tiny_onnx import export, token_feeds
+
+from trtcompile.passes import ModelInfo, PassContext
+from trtcompile.quantize import quantize_fp8
+from trtcompile.quantize.qdq import FP8, check_placement
+from trtcompile.settings import CalibrationSettings
+
+
+def _matmul_model(k=64, n=32):
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((k, n)).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "g",
+                              [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["b", k])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["b", n])],
+                              [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    model.ir_version = 10
+    cal = [{"x": rng.standard_normal((8, k)).astype(np.float32) * 3} for _ in range(3)]
+    return model, w, cal
+
+
+def test_fp8_numerics_match_reference_cast():
+    model, w, cal = _matmul_model()
+    ctx = PassContext()
+    q = quantize_fp8(model, cal, CalibrationSettings(method="minmax"), ctx)
+    assert check_placement(gs.import_onnx(q), ["mm"], FP8) == []
+    inits = {t.name: t for t in q.graph.initializer}
+    nodes = {n.op_type: n for n in q.graph.node}
+    wdq = next(n for n in q.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits
+               and inits[n.input[0]].data_type == onnx.TensorProto.FLOAT8E4M3FN)
+    w_q = numpy_helper.to_array(inits[wdq.input[0]]).astype(np.float32)
+    w_scale = numpy_helper.to_array(inits[wdq.input[1]])
+    np.testing.assert_allclose(w_scale, np.abs(w).max(axis=0) / 448, rtol=1e-6)
+    x_scale = float(numpy_helper.to_array(inits[nodes["QuantizeLinear"].input[1]]))
+    amax = max(float(np.abs(f["x"]).max()) for f in cal)
+    np.testing.assert_allclose(x_scale, amax / 448, rtol=1e-6)
+
+    x = np.random.default_rng(9).standard_normal((5, w.shape[0])).astype(np.float32) * 4  # some beyond amax
+    x_ref = np.clip(x / np.float32(x_scale), -448, 448).astype(ml_dtypes.float8_e4m3fn).astype(np.float32) * x_scale
+    expected = x_ref.astype(np.float64) @ (w_q * w_scale).astype(np.float64)
+    np.testing.assert_allclose(ort_run(q, {"x": x})["y"], expected, atol=1e-4)
+    # The E4M3 weight is within its rounding step (3 mantissa bits: relative 2^-4) of the original.
+    assert np.all(np.abs(w_q * w_scale - w) <= np.abs(w) / 16 + w_scale * 2.0 ** -9)
+
+
+def test_fp8_llm_accuracy_and_structure():
+    model = export("llama")
+    ctx = PassContext(model=ModelInfo(is_decoder=True))
+    cal, ev = token_feeds(4, 1, 16, seed=10), token_feeds(2, 1, 16, seed=20)
+    q = quantize_fp8(model, cal, CalibrationSettings(), ctx, evaluation=ev)
+    quantized = [m["node"] for m in ctx.report.matched]
+    graph = gs.import_onnx(q)
+    assert quantized and check_placement(graph, quantized, FP8) == []
+    assert all(m["dtype"] == "fp8" for m in ctx.report.matched)
+    assert ctx.report.name == "quantize_fp8"
+    assert any("smoothquant 'auto'" in n for n in ctx.report.notes)  # INT8-specific search skipped
+    acc = ctx.report.extra["accuracy"]
+    assert acc["fp8_matmuls"] == len(quantized) and acc["metric"] == "top1_agreement"
+    assert abs(acc["perplexity_ratio"] - 1) < 0.01
+    for feed in ev:
+        ref, got = next(iter(ort_run(model, feed).values())), next(iter(ort_run(q, feed).values()))
+        assert cosine(got, ref) > 0.995

@@ -1,0 +1,226 @@
+"""INT4 weight-only quantization: structure, numerics against numpy, ORT's MatMulNBits fusion, AWQ.
+
+References are computed here from the graph's own initializers with plain numpy (w = q * scale per
+block of K), never by the quantizer's code. Tolerances: ORT's DQ + MatMul against numpy
+dequantize-then-matmul within 1e-4 (float32 sums); MatMulNBits at accuracy level 0 (FP32 compute)
+within 1e-3.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+import pytest
+from helpers import cosine, ort_run
+from onnx import helper, numpy_helper
+from tiny_onnx import export, token_feeds
+
+from trtcompile.errors import UserError
+from trtcompile.graph_check import check_graph
+from trtcompile.passes import ModelInfo, PassContext
+from trtcompile.quantize import quantize_int4
+from trtcompile.settings import CalibrationSettings
+
+BATCH = {"gpt2": 2, "llama": 1}
+
+
+def _quantize(family, model=None, **settings):
+    model = model if model is not None else export(family)
+    ctx = PassContext(model=ModelInfo(is_decoder=True))
+    cal = token_feeds(4, BATCH[family], 16, seed=10)
+    ev = token_feeds(2, BATCH[family], 16, seed=20)
+    settings = {"int4_block_size": 32, "int4_activations": "fp32", **settings}
+    q = quantize_int4(model, cal, CalibrationSettings(**settings), ctx, evaluation=ev)
+    return model, q, ctx, ev
+
+
+def _initializers(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+
+
+def _dequantize(q: np.ndarray, scale: np.ndarray, block: int, zero=None) -> np.ndarray:
+    w = q.astype(np.float64)
+    if zero is not None:
+        w = w - np.repeat(zero.astype(np.float64), block, axis=0)
+    return w * np.repeat(scale.astype(np.float64), block, axis=0)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_int4_structure(family):
+    model, q, ctx, _ = _quantize(family, int4_method="rtn")
+    graph = gs.import_onnx(q)
+    check_graph(graph, after="quantize_int4")
+    inits = {t.name: t for t in q.graph.initializer}
+    matmuls = [n for n in graph.nodes if n.op == "MatMul" and isinstance(n.inputs[1], gs.Variable)
+               and n.inputs[1].inputs and n.inputs[1].inputs[0].op == "DequantizeLinear"]
+    assert len(matmuls) == len(ctx.report.matched) > 0
+    dqs = [n for n in graph.nodes if n.op == "DequantizeLinear"]
+    assert len(dqs) == len(matmuls)  # one DQ per MatMul weight, nothing else dequantized
+    for mm in matmuls:
+        dq = mm.inputs[1].inputs[0]
+        assert len(dq.outputs[0].outputs) == 1
+        assert dq.attrs["axis"] == 0 and dq.attrs["block_size"] == 32
+        w_name, s_name = dq.inputs[0].name, dq.inputs[1].name
+        assert inits[w_name].data_type == onnx.TensorProto.INT4
+        k, n = inits[w_name].dims
+        assert list(inits[s_name].dims) == [k // 32, n]
+        assert inits[s_name].data_type == onnx.TensorProto.FLOAT
+        assert len(dq.inputs) == 2  # symmetric: no zero point (TensorRT takes none)
+    # Every float MatMul left is activation x activation or declined with a reason.
+    declined = {d["node"] for d in ctx.report.declined}
+    for node in graph.nodes:
+        if node.op == "MatMul" and node not in matmuls:
+            assert node.name in declined
+    assert not any(n.op == "Gemm" for n in graph.nodes)  # GPT-2's Gemms became MatMul + Add
+    assert max(o.version for o in q.opset_import if o.domain in ("", "ai.onnx")) >= 21
+    for match in ctx.report.matched:
+        assert match["block_size"] == 32 and 0 <= match["weight_error"] < 0.2  # per-layer weight error (RTN)
+
+
+def test_int4_numerics_match_numpy_dequantize_then_matmul():
+    """One MatMul: ORT's DQ + MatMul (and its fused MatMulNBits) against numpy on the stored ints."""
+    rng = np.random.default_rng(0)
+    k, n = 256, 48
+    w = rng.standard_normal((k, n)).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "g",
+                              [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["b", k])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["b", n])],
+                              [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    model.ir_version = 10
+    for symmetric, block in ((True, 64), (False, 32)):
+        q = quantize_int4(model, None, CalibrationSettings(int4_method="rtn", int4_block_size=block,
+                                                           int4_symmetric=symmetric, int4_activations="fp32"),
+                          PassContext())
+        inits = _initializers(q)
+        dq = next(n for n in q.graph.node if n.op_type == "DequantizeLinear")
+        ints = inits[dq.input[0]].astype(np.int64)
+        scale = inits[dq.input[1]]
+        zero = inits[dq.input[2]].astype(np.int64) if len(dq.input) > 2 else None
+        assert ints.min() >= (-8 if symmetric else 0) and ints.max() <= (7 if symmetric else 15)
+        w_ref = _dequantize(ints, scale, block, zero)
+        # Round to nearest: every weight within half a step of its dequantized value.
+        assert np.all(np.abs(w - w_ref) <= np.repeat(scale, block, axis=0) / 2 + 1e-6)
+        x = rng.standard_normal((5, k)).astype(np.float32)
+        got = ort_run(q, {"x": x})["y"]
+        np.testing.assert_allclose(got, x.astype(np.float64) @ w_ref, atol=1e-4)
+        fused = _fused_session(q, accuracy_level=0)
+        np.testing.assert_allclose(fused.run(None, {"x": x})[0], x.astype(np.float64) @ w_ref, atol=1e-3)
+
+
+def _fused_session(model: onnx.ModelProto, accuracy_level: int | None = None, path=None):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if path is not None:
+        opts.optimized_model_filepath = str(path)
+    if accuracy_level is not None:
+        opts.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", str(accuracy_level))
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
+def test_ort_fuses_into_matmulnbits(tmp_path):
+    model, q, ctx, ev = _quantize("llama", int4_method="rtn")
+    path = tmp_path / "optimized.onnx"
+    session = _fused_session(q, path=path)
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    assert ops.count("MatMulNBits") == len(ctx.report.matched)
+    assert "DequantizeLinear" not in ops
+    # Fused (ORT's default accuracy level computes in int8) against the unfused DQ + MatMul graph.
+    got = session.run(None, ev[0])[0]
+    ref = next(iter(ort_run(q, ev[0]).values()))
+    assert cosine(got, ref) > 0.999
+
+
+def _outlier_model(k: int = 128, n: int = 64):
+    """x -> LayerNormalization(gamma with 4 channels 40x the rest) -> MatMul(W): activation outliers,
+    the case AWQ is for. The outlier channels' weights are small, as in trained LLMs."""
+    rng = np.random.default_rng(1)
+    gamma = np.full(k, 0.5, np.float32)
+    gamma[[3, 40, 77, 100]] = 20.0
+    w = rng.standard_normal((k, n)).astype(np.float32) * 0.05
+    w[[3, 40, 77, 100], :] *= 0.2
+    nodes = [helper.make_node("LayerNormalization", ["x", "gamma", "beta"], ["h"], axis=-1, name="ln"),
+             helper.make_node("MatMul", ["h", "w"], ["y"], name="proj")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["b", "s", k])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["b", "s", n])],
+                              [numpy_helper.from_array(gamma, "gamma"), numpy_helper.from_array(np.zeros(k, np.float32), "beta"),
+                               numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    model.ir_version = 10
+    feeds = [{"x": rng.standard_normal((2, 32, k)).astype(np.float32)} for _ in range(6)]
+    return model, feeds[:4], feeds[4:]
+
+
+def test_awq_beats_rtn_on_activation_outliers():
+    model, cal, ev = _outlier_model()
+    errors = {}
+    for method in ("rtn", "awq"):
+        ctx = PassContext()
+        q = quantize_int4(model, cal, CalibrationSettings(int4_method=method, int4_block_size=32,
+                                                          int4_activations="fp32"), ctx, evaluation=ev)
+        err = []
+        for feed in ev:
+            ref, got = ort_run(model, feed)["y"], ort_run(q, feed)["y"]
+            err.append(np.linalg.norm(got - ref) / np.linalg.norm(ref))
+        errors[method] = float(np.mean(err))
+        if method == "awq":
+            # 1/s went into the LayerNorm's gamma: no op added in front of the MatMul.
+            assert [n.op_type for n in q.graph.node].count("Mul") == 0
+            assert any("folded into LayerNormalization" in note for note in ctx.report.notes)
+            (match,) = ctx.report.matched
+            assert match["error"] < match["error_rtn"]
+    assert errors["awq"] < 0.7 * errors["rtn"], errors
+
+
+def test_lm_head_kept_float_on_request():
+    _, q, ctx, _ = _quantize("llama", int4_method="rtn", int4_lm_head=False)
+    (declined,) = [d for d in ctx.report.declined if "lm_head" in d["reason"]]
+    graph = gs.import_onnx(q)
+    head = next(n for n in graph.nodes if n.name == declined["node"])
+    assert isinstance(head.inputs[1], gs.Constant) and head.inputs[1].values.dtype == np.float32
+
+
+def test_int4_reports_llm_accuracy():
+    _, _, ctx, _ = _quantize("llama", int4_method="awq")
+    acc = ctx.report.extra["accuracy"]
+    assert acc["metric"] == "top1_agreement" and acc["evaluation"] == "held-out"
+    assert acc["perplexity_fp32"] > 1 and abs(acc["perplexity_ratio"] - 1) < 0.05
+    assert any(m.get("awq_scaled") for m in ctx.report.matched)
+
+
+def test_int4_bad_settings_fail_clearly():
+    model = export("llama")
+    with pytest.raises(UserError, match="awq needs calibration data.*\n  fix: .*rtn"):
+        quantize_int4(model, None, CalibrationSettings(), PassContext())
+    with pytest.raises(UserError, match="block size 48"):
+        quantize_int4(model, None, CalibrationSettings(int4_method="rtn", int4_block_size=48), PassContext())
+    with pytest.raises(UserError, match="INT4 method 'gptq'"):
+        quantize_int4(model, None, CalibrationSettings(int4_method="gptq"), PassContext())
+
+
+def test_tied_lm_head_reading_transposed_embedding():
+    """Gather(E) for the embedding, MatMul(h, Transpose(E)) for the LM head (a tied weight kept as
+    one initializer): the head is quantized from a copy, the Gather keeps the float E."""
+    rng = np.random.default_rng(2)
+    vocab, hidden = 64, 32
+    emb = rng.standard_normal((vocab, hidden)).astype(np.float32)
+    nodes = [helper.make_node("Gather", ["E", "ids"], ["h"], name="embed"),
+             helper.make_node("Transpose", ["E"], ["Et"], perm=[1, 0], name="tied"),
+             helper.make_node("MatMul", ["h", "Et"], ["logits"], name="lm_head")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("ids", onnx.TensorProto.INT64, ["b", "s"])],
+                              [helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["b", "s", vocab])],
+                              [numpy_helper.from_array(emb, "E")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    model.ir_version = 10
+    ctx = PassContext()
+    q = quantize_int4(model, None, CalibrationSettings(int4_method="rtn", int4_block_size=32), ctx)
+    assert [m["node"] for m in ctx.report.matched] == ["lm_head"]
+    inits = _initializers(q)
+    gather = next(n for n in q.graph.node if n.op_type == "Gather")
+    np.testing.assert_array_equal(inits[gather.input[0]], emb)
+    ids = rng.integers(0, vocab, (1, 5)).astype(np.int64)
+    got = ort_run(q, {"ids": ids})["logits"]
+    assert cosine(got, emb[ids] @ emb.T) > 0.99
