@@ -16,7 +16,7 @@ same checkpoint. Every engine gets the same prompt ids, greedy, `--threads` intr
 4. Time per token with one competing busy process (a Python spin loop) against quiet, same run,
    for our ONNX Runtime settings (threads, spinning) and the peers.
 
-Run it under `flock /work/coord/bench.lock` on the shared machine; quote medians.
+Run it on a quiet machine; quote medians.
 """
 
 from __future__ import annotations

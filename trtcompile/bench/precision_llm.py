@@ -17,7 +17,7 @@ ONNX graph in ONNX Runtime on the same rows, its speed with its own generator lo
 Caveat: the only SmolLM2 weights reachable here are a dequantized Q4_1 GGUF (asymmetric, block
 32), so asymmetric block-32 INT4 can reproduce them almost exactly. Block 128 symmetric is the
 honest figure for INT4; MiniLM (`trtcompile bench precision`) has true FP32 weights.
-Run it under `flock /work/coord/bigmem.lock` on shared machines (compile memory ~8 GB).
+It compiles several SmolLM2 variants (about 8 GB at the peak): run it on a machine with room for that.
 """
 
 from __future__ import annotations
