@@ -74,18 +74,15 @@ def export_module(source: Source, shapes: dict[str, list], settings: ExportSetti
 
 
 def optimize_exported(model) -> None:
-    """The dynamo exporter's own optimizer, minus its general pattern-rewrite rules.
+    """The dynamo exporter's own optimizer (onnxscript's folding, generic rewrite rules and the
+    opset-23 fusions), except that folding never goes through a large initializer that several
+    nodes read (a tied embedding): that would store a second copy of it (passes/fold_constants.py).
 
-    `torch.onnx.export(optimize=True)` runs onnxscript's constant folding, ~40 generic rewrite rules
-    and the opset-23 fusions (RMSNormalization, RotaryEmbedding). On SmolLM2 the generic rules were
-    54% of the whole export (every rule tried at every node, twice) and rewrote nothing our passes
-    need, so they are left out. Folding never goes through a large initializer that several nodes
-    read (a tied embedding): that would store a second copy of it (passes/fold_constants.py).
+    The generic rules cost about half of SmolLM2's export, but without them the repeat_kv Expand
+    chains stay unfolded and fuse_attention cannot hand Attention un-expanded K/V (native GQA).
     """
-    import onnx_ir as ir
-    import onnx_ir.passes.common as common
     import onnxscript.rewriter.onnx_fusions
-    from onnxscript.optimizer import _constant_folding
+    from onnxscript.optimizer import optimize_ir
 
     from trtcompile.passes.fold_constants import SHARED_WEIGHT_MIN_ELEMENTS
 
@@ -96,23 +93,7 @@ def optimize_exported(model) -> None:
                 return False
         return None  # onnxscript's default rules decide
 
-    ir.passes.Sequential(
-        common.InlinePass(),
-        ir.passes.PassManager([
-            _constant_folding.FoldConstantsPass(
-                shape_inference=True, input_size_limit=_constant_folding.DEFAULT_CONSTANT_FOLD_INPUT_SIZE_LIMIT,
-                output_size_limit=_constant_folding.DEFAULT_CONSTANT_FOLD_OUTPUT_SIZE_LIMIT,
-                should_fold=reads_shared_weight),
-            common.RemoveUnusedNodesPass(), common.RemoveUnusedFunctionsPass(), common.RemoveUnusedOpsetsPass(),
-        ], steps=2, early_stop=True),
-        common.RemoveUnusedNodesPass(),
-        common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
-        common.LiftSubgraphInitializersToMainGraphPass(),
-        common.DeduplicateInitializersPass(),
-        common.CommonSubexpressionEliminationPass(),
-        common.OutputFixPass(),
-        common.NameFixPass(),
-    )(model)
+    optimize_ir(model, should_fold=reads_shared_weight)
     onnxscript.rewriter.onnx_fusions.fuse(model)
 
 

@@ -493,6 +493,8 @@ def _native(node: gs.Node, graph: gs.Graph, ctx: PassContext, probe: ShapeProbe)
         nq, nkv = _static_dim(q, 1, probe), _static_dim(node.inputs[1], 1, probe)
         if isinstance(nq, int) and isinstance(nkv, int):
             node.attrs["q_num_heads"], node.attrs["kv_num_heads"] = nq, nkv
+            # Also when the exporter already handed Attention the un-expanded K/V (nothing to undo).
+            detail.setdefault("gqa_unexpanded", nkv < nq)
     has_past = any(t.name for t in node.inputs[4:6])
     if len(node.outputs) > 1 and not has_past and not any(t.outputs or t in graph.outputs for t in node.outputs[1:]):
         while len(node.outputs) > 1:  # unused present/qk outputs: TensorRT's parser takes one only
