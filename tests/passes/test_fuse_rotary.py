@@ -148,8 +148,6 @@ def test_gptj_interleaved_partial_rotary_real_export(tmp_path):
     import torch
     import transformers as tf
 
-    from conftest import tiny_feeds
-
     torch.manual_seed(0)
     model = tf.GPTJForCausalLM(tf.GPTJConfig(vocab_size=128, n_embd=64, n_layer=2, n_head=4, rotary_dim=8,
                                              n_positions=256, bos_token_id=1, eos_token_id=2)).eval()
