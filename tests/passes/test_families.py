@@ -13,7 +13,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 import pytest
 
-from conftest import tiny_feeds
+from pass_fixtures import tiny_feeds
 from helpers import assert_close, ort_run
 from trtcompile.onnx_io import op_histogram, to_model
 from trtcompile.passes import ModelInfo, PassContext, run_pipeline

@@ -1,4 +1,4 @@
-from conftest import tiny_feeds
+from pass_fixtures import tiny_feeds
 from fusion_helpers import apply, assert_same, ops
 from trtcompile.passes.fold_constants import fold_constants
 from trtcompile.passes.fold_shapes import fold_shapes

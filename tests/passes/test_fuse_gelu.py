@@ -2,7 +2,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 import pytest
 
-from conftest import tiny_feeds
+from pass_fixtures import tiny_feeds
 from fusion_helpers import Builder, apply, assert_same, const, ops
 from trtcompile.passes.fuse_gelu import fuse_gelu
 

@@ -3,7 +3,7 @@ import onnx
 import onnx_graphsurgeon as gs
 import pytest
 
-from conftest import tiny_feeds
+from pass_fixtures import tiny_feeds
 from fusion_helpers import Builder, apply, assert_same, const, ops
 from trtcompile.passes.fuse_rms_norm import fuse_rms_norm
 

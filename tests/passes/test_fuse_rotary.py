@@ -4,7 +4,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 import pytest
 
-from conftest import _Wrapped, tiny_feeds
+from pass_fixtures import _Wrapped, tiny_feeds
 from fusion_helpers import Builder, apply, assert_same, const, ops
 from helpers import assert_close, ort_run
 from trtcompile.passes.fuse_rotary import fuse_rotary

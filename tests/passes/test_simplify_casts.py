@@ -2,7 +2,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from conftest import tiny_feeds
+from pass_fixtures import tiny_feeds
 from fusion_helpers import Builder, apply, assert_same, ops
 from trtcompile.passes.simplify_casts import simplify_casts
 

@@ -17,7 +17,7 @@ import httpx
 import numpy as np
 import pytest
 
-from conftest import LiveServer
+from live_server import LiveServer
 
 openai = pytest.importorskip("openai")
 pytest.importorskip("starlette")  # the server's own libraries (trtcompile[serve])
