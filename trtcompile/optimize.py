@@ -43,6 +43,12 @@ def optimize(model: onnx.ModelProto, settings: OptimizeSettings,
     if steps:
         graph, more = run_pipeline(graph, ctx, passes=steps, on_pass=on_pass)
         reports += more
+    # Last, after precision: it moves each static-cache Attention into the branches of an If, where
+    # no other pass looks.
+    from trtcompile.passes.read_cache_in_place import read_cache_in_place
+
+    graph, more = run_pipeline(graph, ctx, passes=[read_cache_in_place], on_pass=on_pass)
+    reports += more
     out = to_model(graph)
 
     # Passes rebuild the model; the stage metadata must survive them, with this stage's report

@@ -106,7 +106,9 @@ def test_default_profiles():
 
 
 def test_static_graph_follows_tensorrt_rules(llama_package):
-    """TensorScatter(axis=2, linear) outside Attention; Attention has Q, K, V and a mask, one output."""
+    """TensorScatter(axis=2, linear) outside Attention; each layer's Attention (Q, K, V and a mask, one
+    output, no is_causal) in both branches of one If on kv_sequence == max_cache: the whole cache read
+    in place (then), the Slice of the first kv_sequence slots (else)."""
     model = onnx.load(str(llama_package / "model.onnx"))
     assert {o.domain: o.version for o in model.opset_import}.get("", 0) >= 24
     scatters = [n for n in model.graph.node if n.op_type == "TensorScatter"]
@@ -116,14 +118,24 @@ def test_static_graph_follows_tensorrt_rules(llama_package):
         assert attrs["axis"].i == 2 and attrs["mode"].s == b"linear"
         assert node.input[0].startswith("past_key_values.") and node.input[2] == "cache_position"
         assert node.output[0].startswith("present.")
-    attention = [n for n in model.graph.node if n.op_type == "Attention"]
-    assert len(attention) == 2
-    for node in attention:
-        assert len(node.input) == 4 and node.input[3], "expected Q, K, V and a mask, no past_key/past_value"
-        assert len(node.output) == 1
-        attrs = {a.name: a.i for a in node.attribute}
-        assert attrs.get("is_causal", 0) == 0
-        assert attrs["kv_num_heads"] == 2 and attrs["q_num_heads"] == 4  # native GQA
+    assert not [n for n in model.graph.node if n.op_type == "Attention"]
+    reads = [n for n in model.graph.node if n.op_type == "If"]
+    assert len(reads) == 2
+    for node in reads:
+        branches = {a.name: a.g for a in node.attribute}
+        whole = [n for n in branches["then_branch"].node if n.op_type == "Attention"]
+        sliced = [n for n in branches["else_branch"].node if n.op_type == "Attention"]
+        assert len(whole) == len(sliced) == 1
+        assert [n.op_type for n in branches["then_branch"].node] == ["Attention"]  # no copy of the cache
+        assert whole[0].input[1].startswith("present.") and whole[0].input[2].startswith("present.")
+        assert sorted(n.op_type for n in branches["else_branch"].node) == ["Attention", "Slice", "Slice"]
+        for attention in (whole[0], sliced[0]):
+            assert len(attention.input) == 4 and attention.input[3], "expected Q, K, V and a mask, no past_key/value"
+            assert len(attention.output) == 1
+            attrs = {a.name: a.i for a in attention.attribute}
+            assert attrs.get("is_causal", 0) == 0
+            assert attrs["kv_num_heads"] == 2 and attrs["q_num_heads"] == 4  # native GQA
+        assert whole[0].input[3] == sliced[0].input[3] and whole[0].input[0] == sliced[0].input[0]
     dims = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in model.graph.input}
     assert dims["past_key_values.0.key"] == ["batch", 2, MAX_CACHE, 16]
     assert dims["attention_mask"] == ["batch", "kv_sequence"]
@@ -169,6 +181,14 @@ def test_static_graph_prefill_chunks_and_decode_match_pytorch(llama_package):
         for row in range(2):
             assert_close(out["logits"][row, 0], reference_last_logits(row), 1e-4, f"decode {step} row {row}")
             history[row].append(int(out["logits"][row, 0].argmax()))
+    # The same step reading the whole cache in place (kv_sequence == max_cache: the If's other branch).
+    lengths = np.array([len(h) - 1 for h in history], np.int64)
+    ids = np.array([[h[-1]] for h in history], np.int64)
+    prefix = ort_run(graph, _static_feeds(ids, lengths[:, None], lengths, 32, caches))["logits"]
+    whole = ort_run(graph, _static_feeds(ids, lengths[:, None], lengths, MAX_CACHE, caches))["logits"]
+    for row in range(2):
+        assert_close(whole[row, 0], reference_last_logits(row), 1e-4, f"whole-cache read, row {row}")
+    assert_close(whole, prefix, 1e-5, "whole-cache read vs prefix read")
 
 
 def test_last_position_logits_equal_the_full_graphs_last_column(llama_package, tmp_path_factory):

@@ -16,6 +16,27 @@ from trtcompile.runtime.shapes import Bucket
 MATMULNBITS_ACCURACY_LEVEL = 4
 
 
+def session_options(*, threads: int | None = None, spinning: bool = False, config: dict[str, str] | None = None):
+    """The runtime's ORT session options (the benchmarks build theirs here too, so they measure the same)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    # Spinning keeps idle worker threads busy-waiting for the next op: a little faster on an idle
+    # machine, but on a shared CPU the spinners steal the cores the other threads (and other
+    # processes) need. Off by default; `trtcompile bench generate` measures both, quiet and contended.
+    spin = "1" if spinning else "0"
+    opts.add_session_config_entry("session.intra_op.allow_spinning", spin)
+    opts.add_session_config_entry("session.inter_op.allow_spinning", spin)
+    for key, value in (config or {}).items():  # any other ORT session config entry
+        opts.add_session_config_entry(str(key), str(value))
+    opts.log_severity_level = 3
+    # INT4 weights (DequantizeLinear + MatMul) become MatMulNBits; this picks its compute type.
+    opts.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", str(MATMULNBITS_ACCURACY_LEVEL))
+    return opts
+
+
 class OnnxRuntimeBackend:
     name = "onnxruntime"
 
@@ -26,20 +47,7 @@ class OnnxRuntimeBackend:
         except ImportError as exc:
             raise PackageError("backend 'onnxruntime' needs the onnxruntime package: "
                                "pip install onnxruntime") from exc
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = threads
-        # Spinning keeps idle worker threads busy-waiting for the next op: a little faster on an idle
-        # machine, but on a shared CPU the spinners steal the cores the other threads (and other
-        # processes) need. Off by default; `trtcompile bench generate` measures both, quiet and contended.
-        spin = "1" if spinning else "0"
-        opts.add_session_config_entry("session.intra_op.allow_spinning", spin)
-        opts.add_session_config_entry("session.inter_op.allow_spinning", spin)
-        for key, value in (config or {}).items():  # any other ORT session config entry
-            opts.add_session_config_entry(str(key), str(value))
-        opts.log_severity_level = 3
-        # INT4 weights (DequantizeLinear + MatMul) become MatMulNBits; this picks its compute type.
-        opts.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", str(MATMULNBITS_ACCURACY_LEVEL))
+        opts = session_options(threads=threads, spinning=spinning, config=config)
         model_file = manifest.data.get("model_file", "model.onnx")
         for name in (model_file, model_file + ".data"):
             check_sha256(manifest, name)

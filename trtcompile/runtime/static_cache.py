@@ -29,9 +29,18 @@ import numpy as np
 # kv_len grows in steps of this many slots: attention work follows the context in use, while
 # shapes (ORT's per-shape state, TensorRT's CUDA graphs) repeat for KV_STEP tokens.
 KV_STEP = 32
+# Past this share of the cache, attention reads the whole cache in place rather than a prefix:
+# reading a prefix copies it first (ONNX Runtime's Slice always copies), which costs about what
+# attention's own read does, so from half the cache on the whole read is the cheaper one. A
+# package's graph takes kv_len == max_cache as "read the cache in place" (passes/read_cache_in_place.py);
+# for one compiled before that, the whole read is merely a longer prefix.
+WHOLE_CACHE_FROM = 0.5
 
 
 def kv_length(needed: int, max_cache: int) -> int:
+    """How many cache slots a call reads: the context rounded up to KV_STEP, or all of them."""
+    if needed > max_cache * WHOLE_CACHE_FROM:
+        return max_cache
     return min(max_cache, -(-needed // KV_STEP) * KV_STEP)
 
 
