@@ -64,6 +64,8 @@ def test_prompt_three_times_the_prefill_bucket_matches_hf(model):
                                               pad_token_id=0).numpy()
     assert model.slots == SLOTS
     np.testing.assert_array_equal(model.generate(ids, max_new_tokens=64), expected)
+    # The context passed half the cache (160 of 256): the last steps read the whole cache in place.
+    assert model._scheduler.stats["whole_cache_reads"] > 0
 
 
 def test_eight_staggered_threads_each_get_their_own_tokens(model):

@@ -13,8 +13,9 @@ static (the default): each layer's cache is a fixed-size graph input that the gr
 
   present = TensorScatter(past, new K/V, cache_position, axis=2, mode="linear") (opset 24; TensorRT's
   KV-cache update layer since 10.15, in place when past and present share one buffer). Attention
-  reads present[:, :, :kv_sequence] -- work proportional to the context in use, not to max_cache --
-  under one explicit bool mask: query i of row b sees slot j iff attention_mask[b, j] and
+  reads present[:, :, :kv_sequence] -- work proportional to the context in use, not to max_cache;
+  when kv_sequence == max_cache the optimized graph reads the cache itself, without the Slice's
+  copy (passes/read_cache_in_place.py) -- under one explicit bool mask: query i of row b sees slot j iff attention_mask[b, j] and
   j <= cache_position[b] + i. Rows are independent (no left padding): each has its own length,
   positions and write position, which is what continuous batching needs. The cache precision is
   its own (`--kv-cache-dtype`): new K/V are cast to it before the scatter and back after the read.

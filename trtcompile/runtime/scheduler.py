@@ -81,8 +81,9 @@ class Scheduler:
         self.waiting: collections.deque[Request] = collections.deque()
         self.wakeup = threading.Condition()
         self.closed = False
-        # Counters for tests and benchmarks: decode steps, prefill chunks, most rows in one step.
-        self.stats = {"decode_steps": 0, "prefill_chunks": 0, "peak_rows": 0}
+        # Counters for tests and benchmarks: decode steps, prefill chunks, most rows in one step,
+        # calls that read the whole cache in place (static_cache.kv_length).
+        self.stats = {"decode_steps": 0, "prefill_chunks": 0, "peak_rows": 0, "whole_cache_reads": 0}
         self.thread = threading.Thread(target=self._loop, name="trtcompile-decode", daemon=True)
         self.thread.start()
 
@@ -180,8 +181,7 @@ class Scheduler:
         chunk = request.prompt[start:start + self.prefill_chunk]
         end = start + len(chunk)
         positions = np.arange(start, end, dtype=np.int64)[None, :]
-        logits = self.cache.run(slot, chunk[None, :], positions, np.array([start], np.int64),
-                                kv_length(end, self.cache.max_cache))
+        logits = self._run(slot, chunk[None, :], positions, np.array([start], np.int64), end)
         request.length = end
         self.stats["prefill_chunks"] += 1
         if not request.prefilling:  # the whole prompt is in: its logits give the first token
@@ -201,13 +201,18 @@ class Scheduler:
                 if not request.prefilling:
                     ids[slot, 0] = request.next_token
         needed = max(self.rows[s].length for s in decoding) + 1
-        logits = self.cache.run(0, ids, write[:, None].copy(), write, kv_length(needed, self.cache.max_cache))
+        logits = self._run(0, ids, write[:, None].copy(), write, needed)
         self.stats["decode_steps"] += 1
         self.stats["peak_rows"] = max(self.stats["peak_rows"], len(decoding))
         for slot in decoding:
             request = self.rows[slot]
             request.length += 1
             self._emit(slot, request, logits[slot:slot + 1])
+
+    def _run(self, first: int, ids: np.ndarray, positions: np.ndarray, write: np.ndarray, needed: int) -> np.ndarray:
+        kv_len = kv_length(needed, self.cache.max_cache)
+        self.stats["whole_cache_reads"] += kv_len == self.cache.max_cache
+        return self.cache.run(first, ids, positions, write, kv_len)
 
     def _fail_all(self, error: BaseException) -> None:
         for slot, request in enumerate(self.rows):

@@ -15,8 +15,9 @@ The protocol (what runtime/scheduler.py uses, nothing else):
     cache.close()
 
 `write[i]` is where row first_row+i's S new tokens go (its current length); attention reads the
-first kv_len slots of each row (>= every row's write + S, a multiple of KV_STEP so shapes repeat),
-and the graph's own causal rule (slot j visible to new token i iff j <= write + i) hides whatever
+first kv_len slots of each row (>= every row's write + S, a multiple of KV_STEP so shapes repeat;
+past half the cache, all max_cache slots, which the graph reads in place instead of copying a
+prefix: kv_length below), and the graph's own causal rule (slot j visible to new token i iff j <= write + i) hides whatever
 a row holds beyond its length, so the mask input is all ones and costs nothing per step.
 
 Imports numpy only (+ the backend's own libraries, lazily).
