@@ -8,7 +8,9 @@ place, the bucket of kv_len the scheduler picks) inside a session with ORT's pro
 sums each op type's kernel time per step (median step), so a cost that grows with the context
 (the cache read: Slice, Cast, Attention) shows next to one that does not (MatMul over the weights).
 The wall-clock time of a whole step (host work, IOBinding, the thread pool) is beside it: the gap
-between that and the kernels' sum is what the graph and the runtime spend outside kernels.
+between that and the kernels' sum is what the graph and the runtime spend outside kernels. Cells
+(package x context) run one step each in turn, in one process, so a shared machine's load drift
+hits them alike.
 """
 
 from __future__ import annotations
@@ -57,54 +59,59 @@ def _cache(package: Path, session, rows: int):
     return cache, layout
 
 
-def _step_wall(package: Path, context: int, rows: int, steps: int, threads: int, kv_len: int) -> float:
-    """Median wall ms of a decode step without the profiler (which adds its own time per node)."""
-    session = _session(package, threads, None)
-    cache, _ = _cache(package, session, rows)
-    ids, write = np.full((rows, 1), 42, np.int64), np.full(rows, context, np.int64)
-    walls = []
-    for _ in range(steps + 3):
+class Cell:
+    """One (package, context, kv_len) under the profiler: its own session, cache and trace file."""
+
+    def __init__(self, package: Path, context: int, rows: int, threads: int, kv_len: int | None, tmp: str):
+        from trtcompile.runtime.static_cache import kv_length
+
+        self.package, self.context = package, context
+        self.kv_len = kv_len or kv_length(context + 1, _max_cache(package))
+        self.session = _session(package, threads, os.path.join(tmp, f"decode-{id(self)}"))
+        self.cache, _ = _cache(package, self.session, rows)
+        self.ids = np.full((rows, 1), 42, np.int64)
+        self.write = np.full(rows, context, np.int64)
+        self.walls: list[float] = []
+
+    def step(self) -> None:
         start = time.perf_counter()
-        cache.run(0, ids, write[:, None].copy(), write, kv_len)
-        walls.append((time.perf_counter() - start) * 1e3)
-    cache.close()
-    return float(np.median(walls[3:]))
+        self.cache.run(0, self.ids, self.write[:, None].copy(), self.write, self.kv_len)
+        self.walls.append((time.perf_counter() - start) * 1e3)
+
+    def result(self, warmup: int) -> dict:
+        trace = json.loads(Path(self.session.end_profiling()).read_text())
+        self.cache.close()
+        runs = [e for e in trace if e.get("cat") == "Session" and e.get("name") == "model_run"][warmup:]
+        kernels = [e for e in trace if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
+        ops, nodes = collections.defaultdict(list), collections.defaultdict(list)
+        for run in runs:
+            lo, hi = run["ts"], run["ts"] + run["dur"]
+            by_op, by_node = collections.Counter(), collections.Counter()
+            for e in kernels:
+                if lo <= e["ts"] <= hi:
+                    by_op[e["args"].get("op_name", "?")] += e["dur"] / 1e3
+                    by_node[_node_kind(e)] += e["dur"] / 1e3
+            for op, ms in by_op.items():
+                ops[op].append(ms)
+            for node, ms in by_node.items():
+                nodes[node].append(ms)
+        # Medians per op over the steps: a step preempted by another process inflates one op, not the table.
+        return {"wall_ms": float(np.median(self.walls[warmup:])),
+                "run_ms": float(np.median([r["dur"] / 1e3 for r in runs])),
+                "ops": {op: float(np.median(v)) for op, v in ops.items()},
+                "nodes": {n: float(np.median(v)) for n, v in nodes.items()}, "kv_len": self.kv_len}
 
 
-def profile_steps(package: Path, context: int, rows: int, steps: int, threads: int, kv_len: int | None = None) -> dict:
-    """Run `steps` decode steps at `context` with the profiler on; per-op-type ms per step, wall ms."""
-    from trtcompile.runtime.static_cache import kv_length
-
-    kv_len = kv_len or kv_length(context + 1, _max_cache(package))
-    wall = _step_wall(package, context, rows, steps, threads, kv_len)
+def profile_cells(cells: list[tuple[Path, int, int | None]], rows: int, steps: int, threads: int) -> list[dict]:
+    """Profile decode steps of every (package, context, kv_len) cell, one step of each in turn, so
+    load drift on a shared machine hits every cell alike; per-op medians per cell."""
+    warmup = 3
     with tempfile.TemporaryDirectory() as tmp:
-        session = _session(package, threads, os.path.join(tmp, "decode"))
-        cache, layout = _cache(package, session, rows)
-        ids = np.full((rows, 1), 42, np.int64)
-        write = np.full(rows, context, np.int64)
-        for step in range(steps + 3):
-            cache.run(0, ids, write[:, None].copy(), write, kv_len)
-        trace = json.loads(Path(session.end_profiling()).read_text())
-        cache.close()
-    runs = [e for e in trace if e.get("cat") == "Session" and e.get("name") == "model_run"]
-    runs = runs[3:]  # warm-up
-    kernels = [e for e in trace if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
-    ops, nodes = collections.defaultdict(list), collections.defaultdict(list)
-    for run in runs:
-        lo, hi = run["ts"], run["ts"] + run["dur"]
-        by_op, by_node = collections.Counter(), collections.Counter()
-        for e in kernels:
-            if lo <= e["ts"] <= hi:
-                by_op[e["args"].get("op_name", "?")] += e["dur"] / 1e3
-                by_node[_node_kind(e)] += e["dur"] / 1e3
-        for op, ms in by_op.items():
-            ops[op].append(ms)
-        for node, ms in by_node.items():
-            nodes[node].append(ms)
-    # Medians per op over the steps: a step preempted by another process inflates one op, not the table.
-    return {"wall_ms": wall, "run_ms": float(np.median([r["dur"] / 1e3 for r in runs])),
-            "ops": {op: float(np.median(v)) for op, v in ops.items()},
-            "nodes": {n: float(np.median(v)) for n, v in nodes.items()}, "kv_len": kv_len}
+        live = [Cell(package, context, rows, threads, kv_len, tmp) for package, context, kv_len in cells]
+        for _ in range(steps + warmup):
+            for cell in live:
+                cell.step()
+        return [cell.result(warmup) for cell in live]
 
 
 def _max_cache(package: Path) -> int:
@@ -123,27 +130,30 @@ def _node_kind(event: dict) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="trtcompile bench decode", description=__doc__.splitlines()[0])
     parser.add_argument("packages", nargs="+", type=Path, help="static-cache packages")
-    parser.add_argument("--contexts", default="16,2048")
+    parser.add_argument("--contexts", default="16,2048",
+                        help="contexts; CONTEXT:KV_LEN reads KV_LEN slots instead of what the scheduler picks")
     parser.add_argument("--rows", type=int, default=1, help="rows decoded together (continuous batching)")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--kv-len", type=int, help="read this many cache slots (default: what the scheduler picks)")
     parser.add_argument("--nodes", type=int, default=0, help="also list the N costliest node kinds")
     args = parser.parse_args(argv)
-    contexts = [int(c) for c in args.contexts.split(",")]
-    results = {}
-    for context in contexts:  # packages alternate within a context, so load drift hits them alike
+    contexts = [c for c in args.contexts.split(",")]
+    cells, keys = [], []
+    for cell in contexts:
+        context, _, kv_len = cell.partition(":")
         for package in args.packages:
-            results[(package.name, context)] = profile_steps(package, context, args.rows, args.steps, args.threads,
-                                                                   args.kv_len)
+            cells.append((package, int(context), int(kv_len) if kv_len else args.kv_len))
+            keys.append((package.name, cell))
+    results = dict(zip(keys, profile_cells(cells, args.rows, args.steps, args.threads)))
     columns = [f"{p} ctx {c}" for c in contexts for p in (pk.name for pk in args.packages)]
-    keys = [(p.name, c) for c in contexts for p in args.packages]
     op_types = sorted({op for r in results.values() for op in r["ops"]},
                       key=lambda op: -max(r["ops"].get(op, 0.0) for r in results.values()))
     rows = [[op, *(results[k]["ops"].get(op, 0.0) for k in keys)] for op in op_types]
-    rows.append(["sum of kernels", *(sum(results[k]["ops"].values()) for k in keys)])
+    # An If's time holds its branch's nodes, which the profiler also lists: count them once.
+    rows.append(["sum of kernels", *(sum(v for op, v in results[k]["ops"].items() if op != "If") for k in keys)])
     rows.append(["session run", *(results[k]["run_ms"] for k in keys)])
-    rows.append(["step wall, profiler off", *(results[k]["wall_ms"] for k in keys)])
+    rows.append(["step wall", *(results[k]["wall_ms"] for k in keys)])
     rows.append(["kv_len read", *(results[k]["kv_len"] for k in keys)])
     print_table(f"Decode step, ms per step by op type (ORT profiler; {args.rows} row(s), {args.threads} threads, "
                 f"median of {args.steps} steps)", ["op", *columns], rows,
