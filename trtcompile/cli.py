@@ -315,12 +315,12 @@ def run(package, inputs, dims, backend, save, iterations, as_json):
 
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-@click.argument("name", type=click.Choice(("runtime", "passes", "precision", "generate", "serve", "compile")))
+@click.argument("name", type=click.Choice(("runtime", "passes", "precision", "generate", "decode", "serve", "compile")))
 @click.option("--json", "as_json", is_flag=True, help="Print the benchmark's tables as JSON instead.")
 @click.pass_context
 @command_options
 def bench(ctx, name, as_json):
-    """Benchmarks: runtime (MiniLM latency), passes, precision, generate, serve, compile. Extra args go to the benchmark."""
+    """Benchmarks: runtime (MiniLM latency), passes, precision, generate, decode (per-op profile), serve, compile. Extra args go to the benchmark."""
     import importlib
 
     from trtcompile.bench.common import collected_tables
