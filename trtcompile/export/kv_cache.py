@@ -74,23 +74,38 @@ def kv_names(num_layers: int) -> tuple[list[str], list[str]]:
     return past, present
 
 
+_BASE = {}
+
+
+def _wrapper_base():
+    """What both cache wrappers share: the wrapped model and the inputs by name (keywords, or
+    positionally in input_names order), built once."""
+    if not _BASE:
+        import torch
+
+        class DecoderWrapper(torch.nn.Module):
+            def __init__(self, model, input_names: list[str], num_layers: int, all_logits: bool = False):
+                super().__init__()
+                self.model = model
+                self.input_names = list(input_names)
+                self.num_layers = num_layers
+                self.logits_to_keep = 0 if all_logits else 1
+
+            def named_inputs(self, args, kwargs) -> dict:
+                return dict(zip(self.input_names, args), **kwargs)
+
+        _BASE["class"] = DecoderWrapper
+    return _BASE["class"]
+
+
 def _decoder_class():
-    import torch
-
-    class CausalLMWithCache(torch.nn.Module):
+    class CausalLMWithCache(_wrapper_base()):
         """Flat past K/V in, logits and flat present K/V out, present = concat(past, new)."""
-
-        def __init__(self, model, input_names: list[str], num_layers: int, all_logits: bool = False):
-            super().__init__()
-            self.model = model
-            self.input_names = list(input_names)
-            self.num_layers = num_layers
-            self.logits_to_keep = 0 if all_logits else 1
 
         def forward(self, *args, **kwargs):
             from transformers import DynamicCache
 
-            inputs = dict(zip(self.input_names, args), **kwargs)
+            inputs = self.named_inputs(args, kwargs)
             past = [(inputs[f"past_key_values.{i}.key"], inputs[f"past_key_values.{i}.value"])
                     for i in range(self.num_layers)]
             # No config: plain DynamicLayers, so present is always concat(past, new), never cropped.
@@ -157,18 +172,11 @@ def _static_parts():
         def get_seq_length(self) -> int:
             return 0  # positions are inputs and the mask is built here: nothing in HF reads this
 
-    class CausalLMWithStaticCache(torch.nn.Module):
+    class CausalLMWithStaticCache(_wrapper_base()):
         """Fixed-size caches in, logits and the updated caches out (see the module docstring)."""
 
-        def __init__(self, model, input_names: list[str], num_layers: int, all_logits: bool = False):
-            super().__init__()
-            self.model = model
-            self.input_names = list(input_names)
-            self.num_layers = num_layers
-            self.logits_to_keep = 0 if all_logits else 1
-
         def forward(self, *args, **kwargs):
-            inputs = dict(zip(self.input_names, args), **kwargs)
+            inputs = self.named_inputs(args, kwargs)
             ids, mask, write = inputs["input_ids"], inputs["attention_mask"], inputs["cache_position"]
             new, kv_sequence = ids.shape[1], mask.shape[1]
             cache = DynamicCache()
