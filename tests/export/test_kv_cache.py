@@ -191,6 +191,21 @@ def test_static_graph_prefill_chunks_and_decode_match_pytorch(llama_package):
     assert_close(whole, prefix, 1e-5, "whole-cache read vs prefix read")
 
 
+def test_decode_profile_shows_which_cache_read_ran(llama_package):
+    """`trtcompile bench decode`'s profiler cells: a short context runs the If's sliced branch, the
+    whole cache (kv_len == max_cache) the branch whose Attention reads the cache in place."""
+    from trtcompile.bench.decode import profile_cells
+
+    short, whole = profile_cells([(llama_package, 20, None), (llama_package, 200, MAX_CACHE)], rows=2, steps=2,
+                                 threads=1)
+    assert short["kv_len"] == 32 and whole["kv_len"] == MAX_CACHE
+    attention = {name: sorted(n for n in cell["nodes"] if n.startswith("Attention:"))
+                 for name, cell in (("short", short), ("whole", whole))}
+    assert attention["whole"] and all(n.endswith("_whole") for n in attention["whole"])
+    assert attention["short"] and not any(n.endswith("_whole") for n in attention["short"])
+    assert {"Attention", "TensorScatter", "MatMul"} <= set(whole["ops"])
+
+
 def test_last_position_logits_equal_the_full_graphs_last_column(llama_package, tmp_path_factory):
     full = compiled_decoder("llama", tmp_path_factory.mktemp("decoders"), all_logits=True)
     ids = np.array([[5, 17, 33, 9, 8]], np.int64)

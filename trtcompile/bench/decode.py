@@ -4,8 +4,8 @@
 
 For each package and context, the cache rows are filled up to that context, then `--steps` decode
 steps run exactly as the runtime runs them (runtime/static_cache.py: IOBinding, the cache bound in
-place, the bucket of kv_len the scheduler picks) inside a session with ORT's profiler on. The table
-sums each op type's kernel time per step (median step), so a cost that grows with the context
+place, the kv_len the scheduler picks) inside a session with ORT's profiler on. The table gives
+each op type's kernel time per step (median over the steps), so a cost that grows with the context
 (the cache read: Slice, Cast, Attention) shows next to one that does not (MatMul over the weights).
 The wall-clock time of a whole step (host work, IOBinding, the thread pool) is beside it: the gap
 between that and the kernels' sum is what the graph and the runtime spend outside kernels. Cells
