@@ -43,13 +43,11 @@ def optimize(model: onnx.ModelProto, settings: OptimizeSettings,
     if steps:
         graph, more = run_pipeline(graph, ctx, passes=steps, on_pass=on_pass)
         reports += more
-    # Last, after precision and quantization (which see every projection as its own MatMul): join
-    # the MatMuls that share an input, and move each static-cache Attention into the branches of an
-    # If, where no other pass looks.
-    from trtcompile.passes.fuse_parallel_matmuls import fuse_parallel_matmuls
+    # Last, after precision and quantization: it moves each static-cache Attention into the branches
+    # of an If, where no other pass looks.
     from trtcompile.passes.read_cache_in_place import read_cache_in_place
 
-    graph, more = run_pipeline(graph, ctx, passes=[fuse_parallel_matmuls, read_cache_in_place], on_pass=on_pass)
+    graph, more = run_pipeline(graph, ctx, passes=[read_cache_in_place], on_pass=on_pass)
     reports += more
     out = to_model(graph)
 

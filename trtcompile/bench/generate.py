@@ -296,6 +296,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--streams", default="1,4,8")
     parser.add_argument("--peers", default="ortgenai,ct2,hf", help="comma list of ortgenai, ct2, hf (or none)")
     parser.add_argument("--concat", action="store_true", help="also run today's concat-cache graph (one more compile)")
+    parser.add_argument("--ours", default="fp16,fp32", help="our static-cache packages by cache dtype (fp16, fp32); "
+                                                            "the first one serves tables 3 and 4")
+    parser.add_argument("--contended", default="default,spinning,dynamic,1thread",
+                        help="our ORT settings in table 4 (each one more session: fewer keep the run under 3 GB)")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     args.work.mkdir(parents=True, exist_ok=True)
@@ -304,8 +308,8 @@ def main(argv: list[str] | None = None) -> None:
     peers = [p for p in args.peers.split(",") if p and p != "none"]
 
     checkpoint = args.checkpoint or smollm2_checkpoint(args.work)
-    ours = {"ours fp16 cache": Ours(our_package(args.work, checkpoint, "fp16"), args.threads),
-            "ours fp32 cache": Ours(our_package(args.work, checkpoint, "fp32"), args.threads)}
+    dtypes = [d for d in args.ours.split(",") if d]
+    ours = {f"ours {d} cache": Ours(our_package(args.work, checkpoint, d), args.threads) for d in dtypes}
     if args.concat:
         ours["ours concat cache (before)"] = Ours(our_package(args.work, checkpoint, "concat"), args.threads)
     others = {}
@@ -323,14 +327,15 @@ def main(argv: list[str] | None = None) -> None:
 
     # Same tokens? (greedy, 32 steps from the TTFT prompt)
     ids = rng.integers(3, vocab, (1, args.prompt)).astype(np.int64)
-    reference = ours["ours fp32 cache"].tokens(ids, 32)
+    reference_engine = next(iter(ours))
+    reference = ours[reference_engine].tokens(ids, 32)
     agree = {name: engine.tokens(ids, 32) == reference for name, engine in engines.items()}
 
     timed = alternate(engines, ids, args.steps, args.rounds)
     short = rng.integers(3, vocab, (1, 16)).astype(np.int64)
     timed16 = alternate(engines, short, args.steps, args.rounds)
     print_table(f"1. TTFT (prompt {args.prompt}) and time per output token", [
-        "engine", "TTFT ms", f"per token ms (ctx {args.prompt})", "per token ms (ctx 16)", "tokens = ours fp32"],
+        "engine", "TTFT ms", f"per token ms (ctx {args.prompt})", "per token ms (ctx 16)", f"tokens = {reference_engine}"],
         [[n, med(timed[n][0]), med(timed[n][1]), med(timed16[n][1]), "yes" if agree[n] else "NO"] for n in engines],
         note=note)
 
@@ -343,25 +348,30 @@ def main(argv: list[str] | None = None) -> None:
     rows += [[f"{contexts[-1]} / {contexts[0]}", *(last / first for first, last in zip(base[1:], rows[-1][1:]))]]
     print_table("2. Per-token decode time (ms) by context", ["context", *engines], rows, note=note)
 
-    fp16 = ours["ours fp16 cache"]
+    main_dtype, fp16 = dtypes[0], ours[reference_engine]  # (named fp16 for history: the first of --ours)
     prompt = rng.integers(3, vocab, (1, 16)).astype(np.int64)
     throughput(fp16, prompt, 8, 2)  # warm-up
     rows = []
     for _ in range(args.rounds):
         rows.append([throughput(fp16, prompt, 64, n) for n in stream_counts])
     medians = [med([r[i] for r in rows]) for i in range(len(stream_counts))]
-    print_table("3. Throughput on one model object (ours, fp16 cache; prompt 16, 64 new tokens per stream)",
+    print_table(f"3. Throughput on one model object (ours, {main_dtype} cache; prompt 16, 64 new tokens per stream)",
                 ["streams", "tokens/s", "vs 1 stream"],
                 [[n, t, t / medians[0]] for n, t in zip(stream_counts, medians)],
                 note=f"peak rows in one decode step: {fp16.model._scheduler.stats['peak_rows']}; " + note)
 
-    settings = {f"ours fp16 cache, {args.threads} threads, no spinning": fp16,
-                f"ours fp16 cache, {args.threads} threads, spinning": Ours(our_package(args.work, checkpoint, "fp16"),
-                                                                        args.threads, spinning=True),
-                f"ours fp16 cache, {args.threads} threads, dynamic blocks": Ours(
-                    our_package(args.work, checkpoint, "fp16"), args.threads, config={"session.dynamic_block_base": "4"}),
-                "ours fp16 cache, 1 thread, no spinning": Ours(our_package(args.work, checkpoint, "fp16"), 1),
-                **others}
+    package, wanted = our_package(args.work, checkpoint, main_dtype), args.contended.split(",")
+    settings = {}
+    if "default" in wanted:
+        settings[f"ours {main_dtype} cache, {args.threads} threads, no spinning"] = fp16
+    if "spinning" in wanted:
+        settings[f"ours {main_dtype} cache, {args.threads} threads, spinning"] = Ours(package, args.threads, spinning=True)
+    if "dynamic" in wanted:
+        settings[f"ours {main_dtype} cache, {args.threads} threads, dynamic blocks"] = Ours(
+            package, args.threads, config={"session.dynamic_block_base": "4"})
+    if "1thread" in wanted:
+        settings[f"ours {main_dtype} cache, 1 thread, no spinning"] = Ours(package, 1)
+    settings.update(others)
     quiet = alternate(settings, short, args.steps, args.rounds)
     with BusyProcess():
         busy = alternate(settings, short, args.steps, args.rounds)

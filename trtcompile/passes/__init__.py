@@ -18,6 +18,7 @@ from trtcompile.passes.fold_shapes import fold_shapes
 from trtcompile.passes.fuse_attention import fuse_attention
 from trtcompile.passes.fuse_gelu import fuse_gelu
 from trtcompile.passes.fuse_layer_norm import fuse_layer_norm
+from trtcompile.passes.fuse_parallel_matmuls import fuse_parallel_matmuls
 from trtcompile.passes.fuse_rms_norm import fuse_rms_norm
 from trtcompile.passes.fuse_rotary import fuse_rotary
 from trtcompile.passes.simplify_casts import simplify_casts
@@ -36,6 +37,7 @@ PIPELINE: list[Pass] = [
     fuse_gelu,
     fuse_rotary,      # also repairs the dynamo exporter's batch-1 RotaryEmbedding caches
     fuse_attention,   # after rotary: Q/K then come straight from RotaryEmbedding
+    fuse_parallel_matmuls,  # after attention's matching; before precision/quantization, which see Q/K/V as one
 ]
 
 __all__ = ["PIPELINE", "ModelInfo", "PassContext", "PassReport", "run_pipeline"]

@@ -4,8 +4,9 @@ A decoder layer reads its normalized hidden state three times for Q, K and V and
 gate and up projections. At decode (one token per row) each MatMul is a matrix-vector product over
 its weights, and ONNX Runtime on CPU pays a fixed cost per MatMul (thread-pool dispatch, a pass
 over the activation, a small output); one MatMul over the joined weights streams the same bytes in
-fewer, longer runs (`trtcompile bench decode`: SmolLM2 at context 16, about a fifth less CPU per
-step on one thread). TensorRT fuses such MatMuls itself, so for it the graph only changes shape.
+fewer, longer runs (SmolLM2 at context 16, decode steps of both graphs alternated on the shared
+machine: about a fifth less CPU per step on one thread; on two threads within that run's noise).
+TensorRT fuses such MatMuls itself, so for it the graph only changes shape.
 
 ```
   x ── MatMul(Wq) ── q          x ── MatMul([Wq | Wk | Wv]) ── Split(nq, nk, nv, axis -1) ── q
@@ -13,9 +14,12 @@ step on one thread). TensorRT fuses such MatMuls itself, so for it the graph onl
   x ── MatMul(Wv) ── v                                                                  └── v
 ```
 
-Only float weights held as constants in the graph, 2-D, of one dtype and row count: quantized
-weights (a DequantizeLinear or MatMulNBits in front) are left as they are, and the pass runs after
-quantization (optimize.py), so calibration and `--exclude-node` see the unfused graph.
+Only float weights held as constants in the graph, 2-D, of one dtype and row count (weights behind
+a DequantizeLinear are left as they are). It runs at the end of PIPELINE, after fuse_attention has
+matched the projections it needs, and before precision and quantization: FP16 conversion and
+INT8/FP8/INT4 quantization see one [K, Nq+Nk+Nv] weight, whose input activation the three shared
+anyway (INT4's MatMulNBits then runs one kernel); `--exclude-node` names the joined MatMul
+(`<first projection>_joined`).
 """
 
 from __future__ import annotations
