@@ -60,7 +60,7 @@ def pass_names() -> list[str]:
     for precision in ("fp16", "bf16"):
         names += [fn.__name__ for fn in precision_passes(OptimizeSettings(precision=precision))
                   if fn.__name__ not in names]
-    return names
+    return names + ["read_cache_in_place"]  # optimize's last step (e.g. off for a TensorRT without If)
 
 
 def check_optimize(settings: OptimizeSettings, calibration: CalibrationSettings) -> None:
