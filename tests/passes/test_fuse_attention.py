@@ -192,14 +192,21 @@ def test_causal_and_padding_stay_one_mask_without_is_causal():
     assert_same(model, fused, {"q": _rand(B, N, 6, H), "k": _rand(B, N, 6, H), "v": _rand(B, N, 6, H), "keep": pad})
 
 
-@pytest.mark.parametrize("kv_heads", [2, 1])
-def test_hf_repeat_kv_becomes_native_gqa(kv_heads):
+@pytest.mark.parametrize("kv_heads,raw", [(2, False), (1, False), (2, True)])
+def test_hf_repeat_kv_becomes_native_gqa(kv_heads, raw):
     #  k [B,Nkv,S,H] ── Unsqueeze(2) ── Expand[B,Nkv,n,S,H] ── Reshape[B,N,S,H] ── Transpose ── MatMul ...
     #  v [B,Nkv,S,H] ── (same expansion) ─────────────────────────────────────────────────── MatMul ── y
+    #  raw: as the dynamo exporter writes `x[:, :, None, :, :].expand(...)` before any rewrite:
+    #  k ── Slice(axis 2, 0:MAX) ── Unsqueeze(2) ── Slice(axis 3, 0:MAX) ── Expand ── Identity ── Reshape
     b = Builder()
     q = _var("q", ["b", N, "s", H])
     k, v = _var("k", ["b", kv_heads, "s", H]), _var("v", ["b", kv_heads, "s", H])
     n_rep = N // kv_heads
+    to_end = np.iinfo(np.int64).max
+
+    def full_slice(x, axis, tag):
+        return b.op("Slice", x, _i64(f"{tag}s", [0]), _i64(f"{tag}e", [to_end]), _i64(f"{tag}a", [axis]),
+                    _i64(f"{tag}st", [1]))
 
     def repeat_kv(x, tag):
         shape = b.op("Shape", x)
@@ -207,7 +214,10 @@ def test_hf_repeat_kv_becomes_native_gqa(kv_heads):
             b.op("Slice", shape, _i64(f"{tag}2", [2]), _i64(f"{tag}3", [3]))
         target5 = b.op("Concat", bb, _i64(f"{tag}kv", [kv_heads]), _i64(f"{tag}rep", [n_rep]), ss, _i64(f"{tag}h", [H]),
                        attrs={"axis": 0})
-        expanded = b.op("Expand", b.op("Unsqueeze", x, _i64(f"{tag}ax", [2])), target5)
+        unsq = b.op("Unsqueeze", full_slice(x, 2, f"{tag}x") if raw else x, _i64(f"{tag}ax", [2]))
+        expanded = b.op("Expand", full_slice(unsq, 3, f"{tag}u") if raw else unsq, target5)
+        if raw:
+            expanded = b.op("Identity", expanded)
         target4 = b.op("Concat", bb, _i64(f"{tag}n", [N]), ss, _i64(f"{tag}h2", [H]), attrs={"axis": 0})
         return b.op("Reshape", expanded, target4)
 
@@ -216,9 +226,31 @@ def test_hf_repeat_kv_becomes_native_gqa(kv_heads):
     model = b.model([q, k, v], [y])
     fused, report = _fuse(model)
     node = _assert_fused(fused, report, heads=(N, kv_heads), mask_inputs=0)
-    assert list(node.input[1:3]) == ["k", "v"] and "Expand" not in ops(fused)
+    assert list(node.input[1:3]) == ["k", "v"] and "Expand" not in ops(fused) and "Slice" not in ops(fused)
     assert report.matched[0]["gqa_unexpanded"]
     assert_same(model, fused, {"q": _rand(B, N, S, H), "k": _rand(B, kv_heads, S, H), "v": _rand(B, kv_heads, S, H)})
+
+
+def test_repeat_kv_with_a_real_slice_inside_stays_expanded():
+    #  k [B,2,S+1,H] ── Unsqueeze(2) ── Slice(axis 3, 1:MAX) ── Expand ── Reshape: the Slice drops a
+    #  key between the steps, so Unsqueeze's input is not K; Attention gets the expanded K (not GQA).
+    b = Builder()
+    q, k, v = _var("q", [B, N, S, H]), _var("k", [B, 2, S + 1, H]), _var("v", [B, 2, S, H])
+
+    def repeat_kv(x, cut):
+        five = b.op("Unsqueeze", x, _i64(f"{x.name}ax", [2]))
+        if cut:
+            five = b.op("Slice", five, _i64("s", [1]), _i64("e", [np.iinfo(np.int64).max]), _i64("a", [3]))
+        expanded = b.op("Expand", five, _i64(f"{x.name}t5", [B, 2, 2, S, H]))
+        return b.op("Reshape", expanded, _i64(f"{x.name}t4", [B, N, S, H]))
+
+    scores = b.op("MatMul", q, b.op("Transpose", repeat_kv(k, True), attrs={"perm": [0, 1, 3, 2]}))
+    y = b.op("MatMul", b.op("Softmax", scores, attrs={"axis": -1}), repeat_kv(v, False))
+    model = b.model([q, k, v], [y])
+    fused, report = _fuse(model)
+    node = _attention(fused)
+    assert not report.matched[0]["gqa_unexpanded"] and "Slice" in ops(fused) and node.input[1] != "k"
+    assert_same(model, fused, {"q": _rand(B, N, S, H), "k": _rand(B, 2, S + 1, H), "v": _rand(B, 2, S, H)})
 
 
 def test_mqa_by_matmul_broadcast():

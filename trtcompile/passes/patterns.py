@@ -89,26 +89,54 @@ def repeat_kv_source(t: gs.Tensor, probe: "ShapeProbe | None" = None) -> tuple[g
     """HF repeat_kv: Kkv [B,Nkv,S,H] -> Unsqueeze(2) -> Expand [B,Nkv,n,S,H] -> Reshape [B,Nkv*n,S,H].
 
     Returns (Kkv, n) when `t` is provably that expansion (head i reads KV head i // n, the
-    grouping ONNX Attention uses), else (t, 1). Symbolic shapes first; `probe` where they fail."""
+    grouping ONNX Attention uses), else (t, 1). Symbolic shapes first; `probe` where they fail.
+    Identity and full-range Slices between the steps are looked through (`skip_no_ops`): the
+    dynamo exporter's graph keeps `[:, :, None, :, :]` as Slices until a generic rewrite removes
+    them, and export does not run onnxscript's generic rewrites (torch_export.py)."""
     found = _repeat_kv_symbolic(t)
     if found[1] == 1 and probe is not None and producer(t, "Reshape") is not None:
-        expand = producer(producer(t).inputs[0], "Expand")
-        unsq = producer(expand.inputs[0], "Unsqueeze") if expand is not None else None
+        expand = producer(skip_no_ops(producer(t).inputs[0]), "Expand")
+        unsq = producer(skip_no_ops(expand.inputs[0]), "Unsqueeze") if expand is not None else None
         axes = None if unsq is None else (const_value(unsq.inputs[1]) if len(unsq.inputs) > 1
                                           else np.asarray(unsq.attrs.get("axes", [])))
         if axes is not None and [int(a) for a in np.ravel(axes)] in ([2], [-3]):
-            found = _repeat_kv_by_probe(t, unsq.inputs[0], expand, probe)
+            found = _repeat_kv_by_probe(t, skip_no_ops(unsq.inputs[0]), expand, probe)
     return found
+
+
+# A Slice end at least this large means "to the end" (torch writes INT64_MAX for `:`).
+_SLICE_TO_END = 2**31 - 1
+
+
+def skip_no_ops(t: gs.Tensor, limit: int = 8) -> gs.Tensor:
+    """`t` before any Identity and full-range Slice (start 0, end to the end, step 1) producing it."""
+    for _ in range(limit):
+        node = producer(t, "Identity", "Slice")
+        if node is None or (node.op == "Slice" and not _full_range_slice(node)):
+            return t
+        t = node.inputs[0]
+    return t
+
+
+def _full_range_slice(node: gs.Node) -> bool:
+    if len(node.inputs) < 3:  # opset < 10 Slice keeps starts/ends in attributes; never seen here
+        return False
+    starts, ends = const_value(node.inputs[1]), const_value(node.inputs[2])
+    steps = const_value(node.inputs[4]) if len(node.inputs) > 4 and node.inputs[4].name else np.ones(1)
+    if starts is None or ends is None or steps is None:
+        return False
+    return bool(np.all(np.ravel(starts) == 0) and np.all(np.ravel(ends) >= _SLICE_TO_END)
+                and np.all(np.ravel(steps) == 1))
 
 
 def _repeat_kv_symbolic(t: gs.Tensor) -> tuple[gs.Tensor, int]:
     reshape = producer(t, "Reshape")
-    expand = producer(reshape.inputs[0], "Expand") if reshape is not None else None
-    unsq = producer(expand.inputs[0], "Unsqueeze") if expand is not None else None
+    expand = producer(skip_no_ops(reshape.inputs[0]), "Expand") if reshape is not None else None
+    unsq = producer(skip_no_ops(expand.inputs[0]), "Unsqueeze") if expand is not None else None
     if unsq is None:
         return t, 1
     axes = const_value(unsq.inputs[1]) if len(unsq.inputs) > 1 else np.asarray(unsq.attrs.get("axes", []))
-    src = unsq.inputs[0]
+    src = skip_no_ops(unsq.inputs[0])
     dims = sym_dims(src)
     if axes is None or [int(a) for a in np.ravel(axes)] not in ([2], [-3]) or dims is None or len(dims) != 4:
         return t, 1
