@@ -74,15 +74,19 @@ def export_module(source: Source, shapes: dict[str, list], settings: ExportSetti
 
 
 def optimize_exported(model) -> None:
-    """The dynamo exporter's own optimizer (onnxscript's folding, generic rewrite rules and the
-    opset-23 fusions), except that folding never goes through a large initializer that several
-    nodes read (a tied embedding): that would store a second copy of it (passes/fold_constants.py).
+    """The dynamo exporter's own optimizer minus onnxscript's ~40 generic rewrite rules: constant
+    folding (never through a large initializer that several nodes read, a tied embedding: that
+    would store a second copy of it, passes/fold_constants.py), cleanup, and the opset-23 fusions.
 
-    The generic rules cost about half of SmolLM2's export, but without them the repeat_kv Expand
-    chains stay unfolded and fuse_attention cannot hand Attention un-expanded K/V (native GQA).
+    The generic rules were about half of SmolLM2's export (every rule tried at every node, twice)
+    and rewrote nothing the passes need: the one thing they did for us, removing the full-range
+    Slices around HF's repeat_kv, fuse_attention now looks through itself (patterns.skip_no_ops),
+    so Attention still reads un-expanded K/V (native GQA).
     """
+    import onnx_ir as ir
+    import onnx_ir.passes.common as common
     import onnxscript.rewriter.onnx_fusions
-    from onnxscript.optimizer import optimize_ir
+    from onnxscript.optimizer import _constant_folding
 
     from trtcompile.passes.fold_constants import SHARED_WEIGHT_MIN_ELEMENTS
 
@@ -93,7 +97,24 @@ def optimize_exported(model) -> None:
                 return False
         return None  # onnxscript's default rules decide
 
-    optimize_ir(model, should_fold=reads_shared_weight)
+    # optimize_ir's passes in its order, without rewriter.RewritePass(_DEFAULT_REWRITE_RULES).
+    ir.passes.Sequential(
+        common.InlinePass(),
+        ir.passes.PassManager([
+            _constant_folding.FoldConstantsPass(
+                shape_inference=True, input_size_limit=_constant_folding.DEFAULT_CONSTANT_FOLD_INPUT_SIZE_LIMIT,
+                output_size_limit=_constant_folding.DEFAULT_CONSTANT_FOLD_OUTPUT_SIZE_LIMIT,
+                should_fold=reads_shared_weight),
+            common.RemoveUnusedNodesPass(), common.RemoveUnusedFunctionsPass(), common.RemoveUnusedOpsetsPass(),
+        ], steps=2, early_stop=True),
+        common.RemoveUnusedNodesPass(),
+        common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
+        common.LiftSubgraphInitializersToMainGraphPass(),
+        common.DeduplicateInitializersPass(),
+        common.CommonSubexpressionEliminationPass(),
+        common.OutputFixPass(),
+        common.NameFixPass(),
+    )(model)
     onnxscript.rewriter.onnx_fusions.fuse(model)
 
 
