@@ -95,3 +95,23 @@ def test_unreadable_gguf_is_a_user_error(tmp_path):
         load_source(str(bad))
     with pytest.raises(UserError, match="does not exist"):
         load_source(str(tmp_path / "missing.gguf"))
+
+
+def test_loading_parses_the_file_once(tmp_path):
+    # transformers opens the file for the config, the weights and the tokenizer; within parsed_once
+    # they share one parsed reader, and gguf's own GGUFReader is back in place afterwards.
+    import gguf as gguf_package
+
+    from trtcompile.export.gguf import parsed_once
+
+    path = save_gguf(tmp_path / "tiny.gguf")
+    other = save_gguf(tmp_path / "other.gguf")
+    original = gguf_package.GGUFReader
+    with parsed_once(path):
+        first, second = gguf_package.GGUFReader(str(path)), gguf_package.GGUFReader(path)
+        assert first is second and isinstance(first, original)
+        assert gguf_package.GGUFReader(str(other)) is not first  # another file is read as usual
+        assert gguf_package.get_tensor_name_map(gguf_package.MODEL_ARCH.LLAMA, 2) is \
+            gguf_package.get_tensor_name_map(gguf_package.MODEL_ARCH.LLAMA, 2)
+    assert gguf_package.GGUFReader is original
+    assert gguf_package.GGUFReader(str(path)) is not first
