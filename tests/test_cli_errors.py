@@ -248,3 +248,12 @@ def test_bench_json_collects_the_tables():
     with collected_tables() as tables:
         print_table("t", ["a", "b"], [[1, 2.5]], note="n")
     assert tables == [{"title": "t", "columns": ["a", "b"], "rows": [[1, 2.5]], "note": "n"}]
+
+
+def test_bench_compile_names_a_bad_checkpoint_or_gguf(tmp_path):
+    # Checked before anything is converted or compiled: one line naming the option and the path.
+    for option in ("--checkpoint", "--gguf"):
+        proc = subprocess.run([sys.executable, "-m", "trtcompile.cli", "bench", "compile", option,
+                               str(tmp_path / "missing")], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 1 and f"{option} {tmp_path / 'missing'}" in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr
