@@ -87,6 +87,7 @@ def check_calibration(precision: str, calibration: CalibrationSettings) -> None:
                                        ("--exclude-node", bool(calibration.exclude_nodes) and not quantized),
                                        ("--int8-attention", calibration.int8_attention),
                                        ("--int8-fallback", calibration.float_precision != defaults.float_precision),
+                                       ("--weight-rounding", calibration.weight_rounding != defaults.weight_rounding),
                                        ("--calibration-method", calibration.method != defaults.method))
                  if set_]
         if given:

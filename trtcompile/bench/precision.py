@@ -160,7 +160,10 @@ def interleaved_latency(sessions: dict, feed: dict, iters: int, chunk: int = 5) 
 
 
 def main(argv: list[str] | None = None) -> dict:
-    if argv and "--llm" in argv:  # SmolLM2: perplexity, top-1, size and time per token (precision_llm.py)
+    import sys
+
+    argv = sys.argv[1:] if argv is None else argv
+    if "--llm" in argv:  # SmolLM2: perplexity, top-1, size and time per token (precision_llm.py)
         from trtcompile.bench.precision_llm import main as llm_main
 
         return llm_main(argv)

@@ -191,7 +191,13 @@ def _apply(fused, precision: str, calibration, cal_feeds, evaluation):
     meta = read_metadata(fused)
     ctx = PassContext(model=ModelInfo.from_config(meta["source"].get("config") or {}))
     if precision == "fp32":
-        return fused, ""
+        import onnx
+
+        # A copy: writing the package moves its weights to external data, and the next rows
+        # still quantize `fused`.
+        out = onnx.ModelProto()
+        out.CopyFrom(fused)
+        return out, ""
     if precision == "fp16":
         from trtcompile.passes.convert_fp16 import convert_fp16
 
