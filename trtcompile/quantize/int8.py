@@ -161,9 +161,9 @@ def quantize_int8(model: onnx.ModelProto, calibration: list[dict[str, np.ndarray
                 kept, accuracy, how = fewer[0], fewer[1], "greedy, each step the layer that helps most"
         quantized = [t for t in targets if t not in kept]
         for t in kept:
-            kept_reason[t.node] = (f"kept FP32: {how} (1 - cosine alone {sensitivity[t.node][1]:.3g}) "
+            kept_reason[t.node] = (f"kept {settings.float_precision.upper()}: {how} (1 - cosine alone {sensitivity[t.node][1]:.3g}) "
                                    f"until {accuracy['metric']} >= {target}")
-        report.note(f"fallback: {len(kept)} of {n} MatMuls kept FP32 to reach {accuracy['metric']} "
+        report.note(f"fallback: {len(kept)} of {n} MatMuls kept {settings.float_precision.upper()} to reach {accuracy['metric']} "
                     f"{accuracy['score']:.5f} >= {target} ({evaluations} evaluations)")
 
     final = build(quantized)
