@@ -45,7 +45,7 @@ def quantize_int4(model: onnx.ModelProto, calibration: list[dict[str, np.ndarray
                   settings: CalibrationSettings, ctx: PassContext,
                   evaluation: list[dict[str, np.ndarray]] | None = None) -> onnx.ModelProto:
     from trtcompile.graph.types import with_types
-    from trtcompile.quantize.int8 import _check_feeds, _export, step_report
+    from trtcompile.quantize.int8 import _export, prepared_graph, step_report
     from trtcompile.quantize.qdq import find_targets
 
     report = step_report(ctx, "quantize_int4", model)
@@ -55,17 +55,7 @@ def quantize_int4(model: onnx.ModelProto, calibration: list[dict[str, np.ndarray
         raise UserError("--int4-method awq needs calibration data (it measures activations)",
                         hint="pass --calibration-data FILE (a text file works for models with a tokenizer), "
                              "or use --int4-method rtn")
-    if calibration:
-        _check_feeds(model, calibration, "calibration data", settings)
-    if evaluation is not None:
-        _check_feeds(model, evaluation, "evaluation data", settings)
-
-    graph = with_types(gs.import_onnx(model))
-    from trtcompile.quantize.qdq import materialize_transposed_weights
-
-    tied = materialize_transposed_weights(graph)
-    if tied:
-        report.note(f"{tied} read their weight as Transpose(constant) (a tied embedding): quantized from a copy")
+    graph = prepared_graph(model, calibration, evaluation, settings, report)
     gemms = _gemms_to_matmuls(graph)
     if gemms:
         report.note(f"{gemms} Gemm(s) rewritten as MatMul (+ Add): MatMulNBits and the INT4 GEMM take MatMul")

@@ -49,16 +49,7 @@ def quantize_int8(model: onnx.ModelProto, calibration: list[dict[str, np.ndarray
     label = fmt.name.upper()
     report = step_report(ctx, f"quantize_{fmt.name}", model)
     _check_settings(settings)
-    _check_feeds(model, calibration, "calibration data", settings)
-    if evaluation is not None:
-        _check_feeds(model, evaluation, "evaluation data", settings)
-
-    graph = with_types(gs.import_onnx(model))
-    from trtcompile.quantize.qdq import materialize_transposed_weights
-
-    tied = materialize_transposed_weights(graph)
-    if tied:
-        report.note(f"{tied} read their weight as Transpose(constant) (a tied embedding): quantized from a copy")
+    graph = prepared_graph(model, calibration, evaluation, settings, report)
     targets = find_targets(graph, report, settings.int8_attention)
     excluded = [t for t in targets if t.node in settings.exclude_nodes]
     for t in excluded:
@@ -190,6 +181,24 @@ def quantize_int8(model: onnx.ModelProto, calibration: list[dict[str, np.ndarray
     report.note(f"{label} on {len(quantized)} of {matmuls} MatMul/Gemm; {accuracy['metric']} {accuracy['score']:.6f}, "
                 f"worst cosine {accuracy['cosine_min']:.6f}, max abs {accuracy['max_abs']:.4g}")
     return final
+
+
+def prepared_graph(model: onnx.ModelProto, calibration, evaluation, settings: CalibrationSettings,
+                   report: PassReport) -> gs.Graph:
+    """The graph to quantize, once the feeds are checked against the model: typed, and with a tied
+    embedding's Transpose(constant) weight made a constant of its own (so it can be quantized)."""
+    from trtcompile.graph.types import with_types
+    from trtcompile.quantize.qdq import materialize_transposed_weights
+
+    if calibration is not None:
+        _check_feeds(model, calibration, "calibration data", settings)
+    if evaluation is not None:
+        _check_feeds(model, evaluation, "evaluation data", settings)
+    graph = with_types(gs.import_onnx(model))
+    tied = materialize_transposed_weights(graph)
+    if tied:
+        report.note(f"{tied} read their weight as Transpose(constant) (a tied embedding): quantized from a copy")
+    return graph
 
 
 def _greedy_fallback(targets, pool, budget: int, target: float, measure):
