@@ -177,6 +177,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--eval", type=Path, default=SAMPLES / "evaluation.txt",
                         help="sentences the table is measured on (bench/data/unseen.txt: none in samples/)")
     parser.add_argument("--only", nargs="*", help="variant names to run (default: all)")
+    parser.add_argument("--timing-lock", type=Path, help="hold this lock file (flock) while timing, e.g. a "
+                        "shared machine's benchmark lock; quantization runs without it")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON")
     args = parser.parse_args(argv)
 
@@ -266,7 +268,10 @@ def main(argv: list[str] | None = None) -> dict:
             acc_sess = session(model, args.threads, optimize=name.startswith("ORT quantize_dynamic"))
             accuracy[name] = embeddings_vs(reference, [acc_sess.run(None, f)[0] for f in evaluation], evaluation)
             sessions[name] = session(model, args.threads, optimize=True)
-        timings = interleaved_latency(sessions, latency_feed, args.iters)
+        from trtcompile.bench.precision_llm import _file_lock
+
+        with _file_lock(args.timing_lock):
+            timings = interleaved_latency(sessions, latency_feed, args.iters)
         rows, results = [], {}
         for name, model in variants.items():
             acc, (median, p99) = accuracy[name], timings[name]
