@@ -66,8 +66,9 @@ optimize_options = _options(
                  show_default=True, help="INT8/FP8: precision of everything not quantized."),
     click.option("--weight-rounding", type=click.Choice(("gptq", "nearest")), default="gptq", show_default=True,
                  help="INT8/FP8: round weights with GPTQ (error compensated on the calibration data) or to nearest."),
-    click.option("--int4-method", type=click.Choice(("awq", "rtn")), default="awq", show_default=True,
-                 help="INT4: activation-aware (needs --calibration-data) or round-to-nearest."),
+    click.option("--int4-method", type=click.Choice(("awq", "gptq", "rtn")), default="awq", show_default=True,
+                 help="INT4: activation-aware scales + clip search (awq) or + GPTQ rounding (gptq), both need "
+                      "--calibration-data; or round-to-nearest (rtn)."),
     click.option("--int4-block-size", type=click.Choice(("32", "64", "128")), default="128", show_default=True,
                  help="INT4: weights per scale along K (128: TensorRT's fastest; smaller: more accurate)."),
     click.option("--int4-asymmetric", is_flag=True,

@@ -96,8 +96,8 @@ def check_calibration(precision: str, calibration: CalibrationSettings) -> None:
             raise UserError(f"{given[0]} applies only to --precision {scope}, but the precision is {precision}",
                             hint=f"add --precision int8, or drop {given[0]}")
         if not quantized or calibration.data is None:
-            if precision == "int4" and calibration.int4_method == "awq":
-                raise UserError("--int4-method awq needs calibration data",
+            if precision == "int4" and calibration.int4_method != "rtn":
+                raise UserError(f"--int4-method {calibration.int4_method} needs calibration data",
                                 hint="pass --calibration-data FILE (a text file works for models with a tokenizer), "
                                      "or use --int4-method rtn")
             return
