@@ -61,6 +61,23 @@ def test_int4_options_map_onto_calibration_settings():
             defaults.int4_activations) == ("awq", 128, True, True, "fp16")
 
 
+def test_weight_rounding_and_int4_gptq_options():
+    ctx = cli.commands["compile"].make_context(
+        "compile", ["m", "-o", "o", "--precision", "int8", "--weight-rounding", "nearest"])
+    assert calibration_settings(**ctx.params).weight_rounding == "nearest"
+    defaults = calibration_settings(**cli.commands["compile"].make_context("compile", ["m", "-o", "o"]).params)
+    assert defaults.weight_rounding == "gptq"
+    ctx = cli.commands["compile"].make_context("compile", ["m", "-o", "o", "--precision", "int4", "--int4-method", "gptq"])
+    assert calibration_settings(**ctx.params).int4_method == "gptq"
+
+
+def test_weight_rounding_only_for_int8_fp8(tmp_path):
+    result = CliRunner().invoke(cli, ["compile", str(tmp_path / "missing"), "-o", str(tmp_path / "o"),
+                                      "--precision", "fp16", "--weight-rounding", "nearest"])
+    assert result.exit_code == 1 and "--weight-rounding applies only to --precision int8/fp8" in result.output
+    assert "Traceback" not in result.output
+
+
 def test_int4_block_size_is_checked_before_any_work(tmp_path):
     result = CliRunner().invoke(cli, ["compile", str(tmp_path / "missing"), "-o", str(tmp_path / "o"),
                                       "--precision", "int4", "--int4-block-size", "48"])

@@ -64,8 +64,11 @@ optimize_options = _options(
                  help="INT8: keep this MatMul/Gemm out of INT8 (repeatable)."),
     click.option("--int8-fallback", "float_precision", type=click.Choice(("fp32", "fp16")), default="fp32",
                  show_default=True, help="INT8/FP8: precision of everything not quantized."),
-    click.option("--int4-method", type=click.Choice(("awq", "rtn")), default="awq", show_default=True,
-                 help="INT4: activation-aware (needs --calibration-data) or round-to-nearest."),
+    click.option("--weight-rounding", type=click.Choice(("gptq", "nearest")), default="gptq", show_default=True,
+                 help="INT8/FP8: round weights with GPTQ (error compensated on the calibration data) or to nearest."),
+    click.option("--int4-method", type=click.Choice(("awq", "gptq", "rtn")), default="awq", show_default=True,
+                 help="INT4: activation-aware scales + clip search (awq) or + GPTQ rounding (gptq), both need "
+                      "--calibration-data; or round-to-nearest (rtn)."),
     click.option("--int4-block-size", type=click.Choice(("32", "64", "128")), default="128", show_default=True,
                  help="INT4: weights per scale along K (128: TensorRT's fastest; smaller: more accurate)."),
     click.option("--int4-asymmetric", is_flag=True,
@@ -127,7 +130,7 @@ def optimize_settings(precision, disabled_passes, keep_io_fp32, **_):
 def calibration_settings(calibration_data, calibration_method, calibration_samples, smoothquant_alpha,
                          accuracy_target, int8_attention, exclude_nodes, float_precision, int4_method="awq",
                          int4_block_size="128", int4_asymmetric=False, int4_lm_head=True, int4_activations="fp16",
-                         **_):
+                         weight_rounding="gptq", **_):
     from trtcompile.settings import CalibrationSettings
 
     return CalibrationSettings(data=calibration_data, method=calibration_method, num_samples=calibration_samples,
@@ -135,7 +138,8 @@ def calibration_settings(calibration_data, calibration_method, calibration_sampl
                                int8_attention=int8_attention, exclude_nodes=tuple(exclude_nodes),
                                float_precision=float_precision, int4_method=int4_method,
                                int4_block_size=int(int4_block_size), int4_symmetric=not int4_asymmetric,
-                               int4_lm_head=int4_lm_head, int4_activations=int4_activations)
+                               int4_lm_head=int4_lm_head, int4_activations=int4_activations,
+                               weight_rounding=weight_rounding)
 
 
 def build_settings(opt_level, workspace_mib, timing_cache, hardware_compat, version_compatible,

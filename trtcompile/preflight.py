@@ -87,6 +87,7 @@ def check_calibration(precision: str, calibration: CalibrationSettings) -> None:
                                        ("--exclude-node", bool(calibration.exclude_nodes) and not quantized),
                                        ("--int8-attention", calibration.int8_attention),
                                        ("--int8-fallback", calibration.float_precision != defaults.float_precision),
+                                       ("--weight-rounding", calibration.weight_rounding != defaults.weight_rounding),
                                        ("--calibration-method", calibration.method != defaults.method))
                  if set_]
         if given:
@@ -95,8 +96,8 @@ def check_calibration(precision: str, calibration: CalibrationSettings) -> None:
             raise UserError(f"{given[0]} applies only to --precision {scope}, but the precision is {precision}",
                             hint=f"add --precision int8, or drop {given[0]}")
         if not quantized or calibration.data is None:
-            if precision == "int4" and calibration.int4_method == "awq":
-                raise UserError("--int4-method awq needs calibration data",
+            if precision == "int4" and calibration.int4_method != "rtn":
+                raise UserError(f"--int4-method {calibration.int4_method} needs calibration data",
                                 hint="pass --calibration-data FILE (a text file works for models with a tokenizer), "
                                      "or use --int4-method rtn")
             return

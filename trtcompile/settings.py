@@ -10,6 +10,7 @@ from pathlib import Path
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int4", "fp8")
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy", "mse")
+WEIGHT_ROUNDINGS = ("nearest", "gptq")
 HARDWARE_COMPATIBILITY = ("none", "ampere_plus", "same_compute_capability")
 # The TensorRT runtime a package's engines are built for: "full" (tensorrt) runs any engine of its
 # own version; "lean" (tensorrt_lean, pip-installable, ~45 MB) runs only version-compatible ones.
@@ -69,6 +70,10 @@ class CalibrationSettings:
     int8_attention: bool = False
     # MatMul/Gemm node names to keep out of INT8 whatever the accuracy.
     exclude_nodes: tuple[str, ...] = ()
+    # INT8/FP8 weights: "gptq" (round row by row, each row's error compensated by the rows after
+    # it on the calibration activations; MiniLM all-INT8 cosine on unseen text 0.99858 vs 0.99807)
+    # or "nearest" (each weight on its own, faster).
+    weight_rounding: str = "gptq"
     # Precision of everything that is not INT8 (norms, attention, fallback layers): "fp32", or
     # "fp16" for TensorRT speed (the Q/DQ scales become FP16 too; accuracy is re-measured).
     float_precision: str = "fp32"

@@ -197,8 +197,10 @@ def test_int4_bad_settings_fail_clearly():
         quantize_int4(model, None, CalibrationSettings(), PassContext())
     with pytest.raises(UserError, match="block size 48"):
         quantize_int4(model, None, CalibrationSettings(int4_method="rtn", int4_block_size=48), PassContext())
-    with pytest.raises(UserError, match="INT4 method 'gptq'"):
-        quantize_int4(model, None, CalibrationSettings(int4_method="gptq"), PassContext())
+    with pytest.raises(UserError, match="INT4 method 'hqq'"):
+        quantize_int4(model, None, CalibrationSettings(int4_method="hqq"), PassContext())
+    with pytest.raises(UserError, match="gptq rounds symmetric INT4 only"):
+        quantize_int4(model, None, CalibrationSettings(int4_method="gptq", int4_symmetric=False), PassContext())
 
 
 def test_tied_lm_head_reading_transposed_embedding():

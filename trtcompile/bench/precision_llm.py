@@ -109,8 +109,12 @@ VARIANTS = {
     "int4 AWQ b128 sym, fp32 lm_head": ("int4", {"int4_method": "awq", "int4_lm_head": False}),
     # The same package as "int4 AWQ b128 sym", run with MatMulNBits computing in FP32 (accuracy level 0).
     "int4 AWQ b128 sym, ORT level 0": ("same", {"package_of": "int4 AWQ b128 sym", "accuracy_level": 0}),
+    "int4 AWQ+GPTQ b128 sym": ("int4", {"int4_method": "gptq"}),
+    "int4 AWQ b32 sym": ("int4", {"int4_method": "awq", "int4_block_size": 32}),
+    "int4 AWQ+GPTQ b32 sym": ("int4", {"int4_method": "gptq", "int4_block_size": 32}),
     "int4 RTN b32 asym (GGUF-like)": ("int4", {"int4_method": "rtn", "int4_block_size": 32, "int4_symmetric": False}),
-    "fp8": ("fp8", {}),
+    "fp8": ("fp8", {}),  # GPTQ-rounded weights (the default)
+    "fp8 nearest": ("fp8", {"weight_rounding": "nearest"}),
 }
 
 
@@ -191,7 +195,13 @@ def _apply(fused, precision: str, calibration, cal_feeds, evaluation):
     meta = read_metadata(fused)
     ctx = PassContext(model=ModelInfo.from_config(meta["source"].get("config") or {}))
     if precision == "fp32":
-        return fused, ""
+        import onnx
+
+        # A copy: writing the package moves its weights to external data, and the next rows
+        # still quantize `fused`.
+        out = onnx.ModelProto()
+        out.CopyFrom(fused)
+        return out, ""
     if precision == "fp16":
         from trtcompile.passes.convert_fp16 import convert_fp16
 

@@ -3,7 +3,9 @@
 The chosen tensors become extra graph outputs of an in-memory copy of the model (nothing is
 written to the working directory, unlike onnxruntime.quantization's calibrators, which leave
 ~90 MB of augmented models behind). Per tensor: a histogram of |x| (ranges.AbsHistogram) and,
-for SmoothQuant, the per-channel max |x| over the last axis; for AWQ, the per-channel mean |x|.
+for SmoothQuant, the per-channel max |x| over the last axis; for AWQ, the per-channel mean |x|; for
+GPTQ, the Gram matrix X^T X over the rows of real tokens (padding, where the feed's attention mask
+says so, would weight the fit towards pad-token activations).
 """
 
 from __future__ import annotations
@@ -15,10 +17,10 @@ from trtcompile.graph.session import ort_session  # noqa: F401 - calibration run
 from trtcompile.quantize.ranges import AbsHistogram
 
 def collect(model: onnx.ModelProto, tensors: list[str], feeds: list[dict[str, np.ndarray]], *,
-            per_channel: bool = False, sample_rows: int = 0, channel_mean: bool = False,
+            per_channel: bool = False, sample_rows: int = 0, channel_mean: bool = False, gram: bool = False,
             description: str = "calibrating") -> dict[str, dict]:
     """{tensor: {"hist": AbsHistogram, "channel_amax": ndarray | None, "rows": ndarray | None,
-    "channel_mean": ndarray | None}} over all feeds; "rows" keeps the first `sample_rows` rows
+    "channel_mean": ndarray | None, "gram": ndarray | None, "gram_rows": int}} over all feeds; "rows" keeps the first `sample_rows` rows
     ([N, channels]) for SmoothQuant's alpha search and AWQ's scale search. Padded positions are
     included (calibration batches are mostly real tokens)."""
     augmented = onnx.ModelProto()
@@ -28,8 +30,8 @@ def collect(model: onnx.ModelProto, tensors: list[str], feeds: list[dict[str, np
         if name not in present:
             augmented.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
     session = ort_session(augmented, optimize=False)
-    stats = {name: {"hist": AbsHistogram(), "channel_amax": None, "rows": None, "channel_mean": None}
-             for name in tensors}
+    stats = {name: {"hist": AbsHistogram(), "channel_amax": None, "rows": None, "channel_mean": None,
+                    "gram": None, "gram_rows": 0} for name in tensors}
     sums = {name: [0.0, 0] for name in tensors}
     with _progress(description, len(feeds)) as advance:
         for feed in feeds:
@@ -46,6 +48,11 @@ def collect(model: onnx.ModelProto, tensors: list[str], feeds: list[dict[str, np
                     flat = np.abs(np.asarray(value, np.float32)).reshape(-1, value.shape[-1])
                     sums[name][0] = sums[name][0] + flat.sum(axis=0, dtype=np.float64)
                     sums[name][1] += flat.shape[0]
+                if gram:
+                    real = real_token_rows(value, feed).astype(np.float64)
+                    g = real.T @ real
+                    entry["gram"] = g if entry["gram"] is None else entry["gram"] + g
+                    entry["gram_rows"] += len(real)
                 if sample_rows:
                     rows = np.asarray(value, np.float32).reshape(-1, value.shape[-1])
                     have = 0 if entry["rows"] is None else len(entry["rows"])
@@ -59,6 +66,19 @@ def collect(model: onnx.ModelProto, tensors: list[str], feeds: list[dict[str, np
         for name, (total, count) in sums.items():
             stats[name]["channel_mean"] = np.asarray(total, np.float64) / max(count, 1)
     return stats
+
+
+def real_token_rows(value: np.ndarray, feed: dict[str, np.ndarray]) -> np.ndarray:
+    """The rows [N, channels] of a [B, S, ..., C] activation at real (unpadded) tokens: the
+    feed's attention mask, its last S columns (a cache's mask also covers past positions), when
+    the leading axes are [B, S]; every row otherwise."""
+    value = np.asarray(value, np.float32)
+    mask = feed.get("attention_mask")
+    if mask is not None and value.ndim >= 3 and mask.ndim == 2 and mask.shape[0] == value.shape[0] \
+            and mask.shape[1] >= value.shape[1]:
+        keep = np.asarray(mask)[:, -value.shape[1]:].astype(bool)
+        return value[keep].reshape(-1, value.shape[-1])
+    return value.reshape(-1, value.shape[-1])
 
 
 class _progress:

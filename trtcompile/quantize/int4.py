@@ -36,7 +36,7 @@ from trtcompile.graph.context import PassContext
 from trtcompile.settings import CalibrationSettings
 
 log = logging.getLogger("trtcompile.quantize")
-INT4_METHODS = ("awq", "rtn")
+INT4_METHODS = ("awq", "rtn", "gptq")
 _AWQ_ROWS = 256  # activation rows per tensor for the scale and clip searches
 _PASSTHROUGH = {"Reshape", "Cast", "Identity", "Squeeze", "Unsqueeze", "Slice", "Gather", "Transpose", "Flatten"}
 
@@ -45,27 +45,18 @@ def quantize_int4(model: onnx.ModelProto, calibration: list[dict[str, np.ndarray
                   settings: CalibrationSettings, ctx: PassContext,
                   evaluation: list[dict[str, np.ndarray]] | None = None) -> onnx.ModelProto:
     from trtcompile.graph.types import with_types
-    from trtcompile.quantize.int8 import _check_feeds, _export, step_report
+    from trtcompile.quantize.int8 import _export, prepared_graph, step_report
     from trtcompile.quantize.qdq import find_targets
 
     report = step_report(ctx, "quantize_int4", model)
     _check_int4_settings(settings)
-    awq = settings.int4_method == "awq"
+    awq = settings.int4_method in ("awq", "gptq")  # gptq: AWQ's scales, then GPTQ rounding
+    gptq = settings.int4_method == "gptq"
     if awq and not calibration:
-        raise UserError("--int4-method awq needs calibration data (it measures activations)",
+        raise UserError(f"--int4-method {settings.int4_method} needs calibration data (it measures activations)",
                         hint="pass --calibration-data FILE (a text file works for models with a tokenizer), "
                              "or use --int4-method rtn")
-    if calibration:
-        _check_feeds(model, calibration, "calibration data", settings)
-    if evaluation is not None:
-        _check_feeds(model, evaluation, "evaluation data", settings)
-
-    graph = with_types(gs.import_onnx(model))
-    from trtcompile.quantize.qdq import materialize_transposed_weights
-
-    tied = materialize_transposed_weights(graph)
-    if tied:
-        report.note(f"{tied} read their weight as Transpose(constant) (a tied embedding): quantized from a copy")
+    graph = prepared_graph(model, calibration, evaluation, settings, report)
     gemms = _gemms_to_matmuls(graph)
     if gemms:
         report.note(f"{gemms} Gemm(s) rewritten as MatMul (+ Add): MatMulNBits and the INT4 GEMM take MatMul")
@@ -92,17 +83,18 @@ def quantize_int4(model: onnx.ModelProto, calibration: list[dict[str, np.ndarray
         return model
     fp32_model = _export(graph)
 
-    rows, means = {}, {}
+    rows, means, grams = {}, {}, {}
     if calibration and awq:  # RTN's per-layer report is the weight error: no calibration pass
         from trtcompile.quantize.calibrate import collect
 
         acts = sorted({t.activations[0] for t in targets})
-        stats = _collect(collect, fp32_model, acts, calibration)
+        stats = _collect(collect, fp32_model, acts, calibration, gram=gptq)
         rows = {n: s["rows"] for n, s in stats.items()}
         means = {n: s["channel_mean"] for n, s in stats.items()}
+        grams = {n: s["gram"] for n, s in stats.items() if s["gram"] is not None}
     graph = with_types(gs.import_onnx(fp32_model))
     choices = _search(graph, targets, rows, means, settings, report) if awq else {}
-    _write(graph, targets, rows, choices, settings, report)
+    _write(graph, targets, rows, choices, settings, report, grams)
     if graph.opset < 21:
         report.note(f"opset raised from {graph.opset} to 21 (block-quantized DequantizeLinear)")
         graph.opset = 21
@@ -187,8 +179,10 @@ def _search(graph: gs.Graph, targets, rows, means, settings: CalibrationSettings
     return scaled
 
 
-def _write(graph: gs.Graph, targets, rows, scaled: dict, settings: CalibrationSettings, report) -> None:
-    """Quantize every target's (possibly AWQ-scaled) weight and put its DequantizeLinear in place."""
+def _write(graph: gs.Graph, targets, rows, scaled: dict, settings: CalibrationSettings, report,
+           grams: dict | None = None) -> None:
+    """Quantize every target's (possibly AWQ-scaled) weight and put its DequantizeLinear in place:
+    round to nearest after AWQ's clip search, or (gptq) GPTQ on the Gram matrix of its input."""
     from trtcompile.quantize.awq import relative_error, search_clip
     from trtcompile.quantize.blocks import (block_for, dequantize_blocks, fake_quantize, onnx_int4, packed_constant,
                                             quantize_blocks)
@@ -204,9 +198,13 @@ def _write(graph: gs.Graph, targets, rows, scaled: dict, settings: CalibrationSe
         x = rows.get(t.activations[0])
         x = None if x is None else x[:_AWQ_ROWS]
         clip = None
-        if settings.int4_method == "awq" and x is not None:
-            clip = search_clip(x if s is None else x / s, w, block, symmetric)
-        q, scale, zero = quantize_blocks(w, block, symmetric, clip)
+        gram = (grams or {}).get(t.activations[0])
+        if settings.int4_method == "gptq" and gram is not None:
+            q, scale, zero = _gptq_blocks(w, gram, s, block)
+        else:
+            if settings.int4_method in ("awq", "gptq") and x is not None:
+                clip = search_clip(x if s is None else x / s, w, block, symmetric)
+            q, scale, zero = quantize_blocks(w, block, symmetric, clip)
         detail = {"op": t.op, "dtype": "int4", "block_size": block, "K": k, "N": n,
                   "weight": t.weight, "symmetric": symmetric}
         if block != settings.int4_block_size:
@@ -234,6 +232,19 @@ def _write(graph: gs.Graph, targets, rows, scaled: dict, settings: CalibrationSe
                                    {"axis": 0, "block_size": block}, inputs=inputs, outputs=[out]))
         node.inputs[1] = out
     graph.cleanup().toposort()
+
+
+def _gptq_blocks(w: np.ndarray, gram: np.ndarray, s: np.ndarray | None, block: int):
+    """Symmetric INT4 blocks rounded by GPTQ. With AWQ scales s the weight is diag(s) W and its
+    input X / s, so the Gram matrix becomes diag(1/s) X^T X diag(1/s)."""
+    from trtcompile.quantize.blocks import INT4_MAX, INT4_MIN
+    from trtcompile.quantize.gptq import gptq_round
+
+    if s is not None:
+        inv = 1.0 / np.asarray(s, np.float64)
+        gram = gram * inv[:, None] * inv[None, :]
+    q, scale = gptq_round(w, gram, INT4_MAX, group=block, grid=lambda v: np.clip(np.rint(v), INT4_MIN, INT4_MAX))
+    return q.astype(np.int8), scale, None
 
 
 def _gemms_to_matmuls(graph: gs.Graph) -> int:
@@ -280,10 +291,10 @@ def _lm_head(graph: gs.Graph) -> str | None:
     return None
 
 
-def _collect(collect, model, tensors, feeds):
+def _collect(collect, model, tensors, feeds, gram: bool = False):
     from trtcompile.quantize.int8 import _collect as guarded
 
-    return guarded(collect, model, tensors, feeds, sample_rows=_AWQ_ROWS * 4, channel_mean=True,
+    return guarded(collect, model, tensors, feeds, sample_rows=_AWQ_ROWS * 4, channel_mean=True, gram=gram,
                    description="awq statistics")
 
 
@@ -296,7 +307,10 @@ def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
 def _check_int4_settings(settings: CalibrationSettings) -> None:
     if settings.int4_method not in INT4_METHODS:
         raise UserError(f"INT4 method {settings.int4_method!r} is not one of {list(INT4_METHODS)}",
-                        hint="use --int4-method awq (activation-aware, needs --calibration-data) or rtn")
+                        hint="use --int4-method awq (activation-aware, needs --calibration-data), gptq or rtn")
+    if settings.int4_method == "gptq" and not settings.int4_symmetric:
+        raise UserError("--int4-method gptq rounds symmetric INT4 only, but --int4-asymmetric is set",
+                        hint="drop --int4-asymmetric (TensorRT takes symmetric INT4), or use --int4-method awq")
     if settings.int4_block_size not in (16, 32, 64, 128):
         raise UserError(f"INT4 block size {settings.int4_block_size} is not 16, 32, 64 or 128",
                         hint="use --int4-block-size 128 (TensorRT's fastest) or 64/32 for more accuracy")

@@ -25,7 +25,7 @@ import onnx_graphsurgeon as gs
 from trtcompile.errors import UserError
 from trtcompile.graph.context import PassContext
 from trtcompile.graph.report import PassReport
-from trtcompile.settings import CALIBRATION_METHODS, CalibrationSettings
+from trtcompile.settings import CALIBRATION_METHODS, WEIGHT_ROUNDINGS, CalibrationSettings
 
 log = logging.getLogger("trtcompile.quantize")
 _SENSITIVITY_BATCHES = 8
@@ -49,16 +49,7 @@ def quantize_int8(model: onnx.ModelProto, calibration: list[dict[str, np.ndarray
     label = fmt.name.upper()
     report = step_report(ctx, f"quantize_{fmt.name}", model)
     _check_settings(settings)
-    _check_feeds(model, calibration, "calibration data", settings)
-    if evaluation is not None:
-        _check_feeds(model, evaluation, "evaluation data", settings)
-
-    graph = with_types(gs.import_onnx(model))
-    from trtcompile.quantize.qdq import materialize_transposed_weights
-
-    tied = materialize_transposed_weights(graph)
-    if tied:
-        report.note(f"{tied} read their weight as Transpose(constant) (a tied embedding): quantized from a copy")
+    graph = prepared_graph(model, calibration, evaluation, settings, report)
     targets = find_targets(graph, report, settings.int8_attention)
     excluded = [t for t in targets if t.node in settings.exclude_nodes]
     for t in excluded:
@@ -87,8 +78,9 @@ def quantize_int8(model: onnx.ModelProto, calibration: list[dict[str, np.ndarray
 
     acts = sorted({a for t in targets for a in t.activations})
     mse = settings.method == "mse"
+    gptq = settings.weight_rounding == "gptq"
     stats = _collect(collect, fp32_model, acts, calibration, description=f"calibrating ({settings.method})",
-                     sample_rows=_AUTO_ROWS if mse else 0)
+                     sample_rows=_AUTO_ROWS if mse else 0, gram=gptq)
     if mse:
         from trtcompile.quantize.ranges import search_amax
 
@@ -97,6 +89,8 @@ def quantize_int8(model: onnx.ModelProto, calibration: list[dict[str, np.ndarray
     else:
         amax = {n: activation_amax(s["hist"], settings.method, settings.percentile) for n, s in stats.items()}
 
+    rounded = _gptq_weights(gs.import_onnx(fp32_model), targets, stats, fmt, report) if gptq else None
+
     eval_feeds = evaluation if evaluation is not None else calibration
     if evaluation is None:
         report.note("accuracy measured on the calibration data (no held-out evaluation data given)")
@@ -104,7 +98,7 @@ def quantize_int8(model: onnx.ModelProto, calibration: list[dict[str, np.ndarray
     language_model = _is_language_model(ctx, model)
 
     def build(subset) -> onnx.ModelProto:
-        return _export(insert_qdq(gs.import_onnx(fp32_model), subset, amax, fmt))
+        return _export(insert_qdq(gs.import_onnx(fp32_model), subset, amax, fmt, rounded))
 
     def measure(subset, feeds=eval_feeds, ref=reference) -> dict:
         return compare(ref, run_all(ort_session(build(subset)), feeds), feeds, language_model)
@@ -158,9 +152,9 @@ def quantize_int8(model: onnx.ModelProto, calibration: list[dict[str, np.ndarray
                 kept, accuracy, how = fewer[0], fewer[1], "greedy, each step the layer that helps most"
         quantized = [t for t in targets if t not in kept]
         for t in kept:
-            kept_reason[t.node] = (f"kept FP32: {how} (1 - cosine alone {sensitivity[t.node][1]:.3g}) "
+            kept_reason[t.node] = (f"kept {settings.float_precision.upper()}: {how} (1 - cosine alone {sensitivity[t.node][1]:.3g}) "
                                    f"until {accuracy['metric']} >= {target}")
-        report.note(f"fallback: {len(kept)} of {n} MatMuls kept FP32 to reach {accuracy['metric']} "
+        report.note(f"fallback: {len(kept)} of {n} MatMuls kept {settings.float_precision.upper()} to reach {accuracy['metric']} "
                     f"{accuracy['score']:.5f} >= {target} ({evaluations} evaluations)")
 
     final = build(quantized)
@@ -178,7 +172,7 @@ def quantize_int8(model: onnx.ModelProto, calibration: list[dict[str, np.ndarray
     matmuls = sum(1 for n in final.graph.node if n.op_type in ("MatMul", "Gemm"))
     accuracy = {k: (round(v, 8) if isinstance(v, float) else v) for k, v in accuracy.items()}
     accuracy.update({f"{fmt.name}_matmuls": len(quantized)}, quantized_matmuls=len(quantized), matmuls=matmuls,
-                    method=settings.method,
+                    method=settings.method, weight_rounding=settings.weight_rounding,
                     float_precision=settings.float_precision,
                     smoothquant_alpha=smoothquant, target=target,
                     evaluation="held-out" if evaluation is not None else "calibration")
@@ -187,6 +181,24 @@ def quantize_int8(model: onnx.ModelProto, calibration: list[dict[str, np.ndarray
     report.note(f"{label} on {len(quantized)} of {matmuls} MatMul/Gemm; {accuracy['metric']} {accuracy['score']:.6f}, "
                 f"worst cosine {accuracy['cosine_min']:.6f}, max abs {accuracy['max_abs']:.4g}")
     return final
+
+
+def prepared_graph(model: onnx.ModelProto, calibration, evaluation, settings: CalibrationSettings,
+                   report: PassReport) -> gs.Graph:
+    """The graph to quantize, once the feeds are checked against the model: typed, and with a tied
+    embedding's Transpose(constant) weight made a constant of its own (so it can be quantized)."""
+    from trtcompile.graph.types import with_types
+    from trtcompile.quantize.qdq import materialize_transposed_weights
+
+    if calibration is not None:
+        _check_feeds(model, calibration, "calibration data", settings)
+    if evaluation is not None:
+        _check_feeds(model, evaluation, "evaluation data", settings)
+    graph = with_types(gs.import_onnx(model))
+    tied = materialize_transposed_weights(graph)
+    if tied:
+        report.note(f"{tied} read their weight as Transpose(constant) (a tied embedding): quantized from a copy")
+    return graph
 
 
 def _greedy_fallback(targets, pool, budget: int, target: float, measure):
@@ -210,6 +222,47 @@ def _greedy_fallback(targets, pool, budget: int, target: float, measure):
         if best[1]["score"] >= target:
             return kept, best[1], evaluations
     return None, None, evaluations
+
+
+def _gptq_weights(graph: gs.Graph, targets, stats: dict, fmt, report: PassReport) -> dict:
+    """Each weight rounded by GPTQ on its activation's Gram matrix: name -> (values, scale)."""
+    from trtcompile.quantize.gptq import gptq_round
+
+    tensors = graph.tensors()
+    rounded = {}
+    gains = []
+    for t in targets:
+        if t.weight is None or t.weight in rounded:
+            continue
+        gram = stats[t.activations[0]]["gram"]
+        w = np.asarray(tensors[t.weight].values, np.float32)
+        w_kn = w if t.weight_axis == 1 else w.T
+        if gram is None or gram.shape[0] != w_kn.shape[0]:
+            report.note(f"gptq: {t.node!r} rounded to nearest (no Gram matrix of its input)")
+            continue
+        grid = None if fmt.name == "int8" else (lambda v: fmt.cast(v).astype(np.float64))
+        q, scale = gptq_round(w_kn, gram, fmt.qmax, grid=grid)
+        values = fmt.cast(q if t.weight_axis == 1 else q.T)
+        rounded[t.weight] = (values, scale)
+        gains.append(_gram_error(w_kn, q * scale[None, :], gram) /
+                     max(_gram_error(w_kn, _nearest(w_kn, fmt), gram), 1e-30))
+    if gains:
+        report.note(f"gptq: {len(rounded)} weights rounded by GPTQ; calibration output error "
+                    f"{np.median(gains):.2f}x round-to-nearest's (median)")
+    return rounded
+
+
+def _gram_error(w: np.ndarray, w_q: np.ndarray, gram: np.ndarray) -> float:
+    """||X (W - W_q)||^2 from X^T X."""
+    d = np.asarray(w, np.float64) - w_q
+    return float(((gram @ d) * d).sum())
+
+
+def _nearest(w: np.ndarray, fmt) -> np.ndarray:
+    from trtcompile.quantize.qdq import quantize_weight
+
+    q, scale = quantize_weight(w, 1, fmt)
+    return q.astype(np.float64) * scale[None, :]
 
 
 def _weights_by_activation(graph: gs.Graph, targets) -> dict[str, list[np.ndarray]]:
@@ -294,6 +347,9 @@ def _check_settings(settings: CalibrationSettings) -> None:
     if alpha is not None and alpha != "auto" and not (isinstance(alpha, (int, float)) and 0 <= alpha <= 1):
         raise UserError(f"SmoothQuant alpha {settings.smoothquant_alpha} is outside [0, 1]",
                         hint="use --smoothquant-alpha 0.85 (0.5-0.95 are typical), or 'auto' to search per layer")
+    if settings.weight_rounding not in WEIGHT_ROUNDINGS:
+        raise UserError(f"weight rounding {settings.weight_rounding!r} is not one of {list(WEIGHT_ROUNDINGS)}",
+                        hint="use --weight-rounding nearest or gptq")
     if settings.float_precision not in ("fp32", "fp16"):
         raise UserError(f"float precision {settings.float_precision!r} for the non-INT8 layers is not fp32 or fp16",
                         hint="use fp16 (fastest in TensorRT) or fp32")

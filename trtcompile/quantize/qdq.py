@@ -120,8 +120,10 @@ def quantize_weight(w: np.ndarray, axis: int, fmt: QFormat = INT8) -> tuple[np.n
     return q, scale
 
 
-def insert_qdq(graph: gs.Graph, targets: list[Target], amax: dict[str, float], fmt: QFormat = INT8) -> gs.Graph:
-    """Write Q/DQ for `targets` with activation ranges `amax` (tensor name -> max |x|)."""
+def insert_qdq(graph: gs.Graph, targets: list[Target], amax: dict[str, float], fmt: QFormat = INT8,
+               rounded: dict[str, tuple[np.ndarray, np.ndarray]] | None = None) -> gs.Graph:
+    """Write Q/DQ for `targets` with activation ranges `amax` (tensor name -> max |x|). `rounded`
+    gives weights already quantized (GPTQ): weight name -> (values in `fmt`, per-channel scale)."""
     nodes = {n.name: n for n in graph.nodes}
     tensors = graph.tensors()
     act_dq: dict[str, gs.Variable] = {}
@@ -137,7 +139,8 @@ def insert_qdq(graph: gs.Graph, targets: list[Target], amax: dict[str, float], f
         if target.weight is not None:
             key = (target.weight, target.weight_axis)
             if key not in weight_dq:
-                weight_dq[key] = _weight_dq(graph, tensors[target.weight], target.weight_axis, fmt)
+                weight_dq[key] = _weight_dq(graph, tensors[target.weight], target.weight_axis, fmt,
+                                            (rounded or {}).get(target.weight))
             node.inputs[target.weight_index] = weight_dq[key]
     return graph.cleanup().toposort()
 
@@ -156,8 +159,8 @@ def _activation_qdq(graph: gs.Graph, x: gs.Variable, amax: float, fmt: QFormat =
     return dq
 
 
-def _weight_dq(graph: gs.Graph, w: gs.Constant, axis: int, fmt: QFormat = INT8) -> gs.Variable:
-    q, scale = quantize_weight(np.asarray(w.values, np.float32), axis, fmt)
+def _weight_dq(graph: gs.Graph, w: gs.Constant, axis: int, fmt: QFormat = INT8, rounded=None) -> gs.Variable:
+    q, scale = rounded if rounded is not None else quantize_weight(np.asarray(w.values, np.float32), axis, fmt)
     qc = _constant(f"{w.name}_{fmt.name}", q)
     sc = gs.Constant(f"{w.name}_scale", scale)
     zero = _constant(f"{w.name}_zero_point", np.zeros(scale.shape, fmt.dtype))

@@ -5,7 +5,7 @@ its decisions and accuracy into that same report.
 
     int8  quantize_int8  calibrated INT8 Q/DQ on MatMul/Gemm inputs (needs --calibration-data)
     fp8   quantize_fp8   the same with E4M3 Q/DQ (needs --calibration-data)
-    int4  quantize_int4  INT4 weight-only block DQ (AWQ needs --calibration-data; RTN does not)
+    int4  quantize_int4  INT4 weight-only block DQ (AWQ/GPTQ need --calibration-data; RTN does not)
 
 Calibration data is loaded when the step runs, split into calibration batches and a held-out
 quarter that the accuracy gate measures on.
@@ -27,9 +27,9 @@ def quantization_steps(settings: OptimizeSettings, calibration: CalibrationSetti
     if precision not in QUANTIZED_PRECISIONS:
         return []
     calibration = calibration or CalibrationSettings()
-    needs_data = precision != "int4" or calibration.int4_method == "awq"
+    needs_data = precision != "int4" or calibration.int4_method != "rtn"
     if needs_data and calibration.data is None:
-        what = "--int4-method awq" if precision == "int4" else f"--precision {precision}"
+        what = f"--int4-method {calibration.int4_method}" if precision == "int4" else f"--precision {precision}"
         raise UserError(f"{what} needs calibration data",
                         hint="pass --calibration-data FILE (.npz of inputs, or a text file for models with a "
                              "tokenizer; samples/calibration.txt is one)"
