@@ -28,7 +28,8 @@ VERIFY_HINT = ("the package differs from its source beyond the tolerance of its 
                "(`trtcompile compile`), or check a looser bound with --atol")
 
 
-def export_stage(spec: str, profile_path: Path | None, settings: ExportSettings, progress: Progress):
+def export_stage(spec: str, profile_path: Path | None, settings: ExportSettings, progress: Progress,
+                 weights_dir: Path | None = None):
     from trtcompile.export import default_profile, export_onnx, load_source
     from trtcompile.profiles import load_profile
 
@@ -37,7 +38,7 @@ def export_stage(spec: str, profile_path: Path | None, settings: ExportSettings,
         profile = load_profile(profile_path) if profile_path else default_profile(source)
     opset = max(settings.opset, source.min_opset)  # a static KV cache needs opset 24 (TensorScatter)
     with progress.stage("export", f"opset {opset}, {'dynamo' if settings.dynamo else 'legacy'} exporter"):
-        model = export_onnx(source, profile, settings)
+        model = export_onnx(source, profile, settings, weights_dir=weights_dir)
     return source, model
 
 
@@ -237,7 +238,18 @@ def compile_package(spec: str, out: Path, *, profile_path: Path | None = None,
         return _compile_stage_file(spec, stage_file, out, profile_path=profile_path, optimize=optimize,
                                    calibration=calibration, build=build, verify=verify, export=export,
                                    progress=progress)
-    source, raw = export_stage(spec, profile_path, export, progress)
+    import tempfile
+
+    # The weights live on disk here between export and package (onnx_io's lazy models).
+    with tempfile.TemporaryDirectory(prefix="trtcompile-weights-") as weights_dir:
+        return _compile_source(spec, Path(out), Path(weights_dir), profile_path=profile_path, export=export,
+                               optimize=optimize, calibration=calibration, build=build, verify=verify,
+                               progress=progress)
+
+
+def _compile_source(spec: str, out: Path, weights_dir: Path, *, profile_path, export, optimize, calibration, build,
+                    verify, progress) -> Manifest:
+    source, raw = export_stage(spec, profile_path, export, progress, weights_dir=weights_dir)
     cases = reference_stage(source, raw, verify, progress) if verify.enabled else None
     result = optimize_stage(raw, optimize, calibration, progress)
     del raw  # the passes built a new model; the exported one is not needed any more

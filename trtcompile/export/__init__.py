@@ -45,8 +45,11 @@ def default_profile(source: Source) -> Profile:
     return parse_profile({"inputs": inputs, "buckets": buckets}, origin=f"derived from {source.spec}")
 
 
-def export_onnx(source: Source, profile: Profile, settings: ExportSettings) -> onnx.ModelProto:
-    """The source as ONNX (export for torch sources, a renamed copy for ONNX files), with metadata."""
+def export_onnx(source: Source, profile: Profile, settings: ExportSettings, weights_dir=None) -> onnx.ModelProto:
+    """The source as ONNX (export for torch sources, a renamed copy for ONNX files), with metadata.
+
+    With `weights_dir` (a directory the caller owns), a torch source's weights are written there
+    and the model returned only refers to them (a lazy model, onnx_io)."""
     from trtcompile.export.torch_export import export_module, rename_dims
     from trtcompile.onnx_io import fix_ir_version, load_model
     from trtcompile.stage import absolute_spec  # verify finds the source again from any directory
@@ -62,7 +65,7 @@ def export_onnx(source: Source, profile: Profile, settings: ExportSettings) -> o
         model = load_model(source.onnx_path)
         rename_dims(model, shapes)
     else:
-        model = export_module(source, shapes, settings)
+        model = export_module(source, shapes, settings, weights_dir=weights_dir)
     fix_ir_version(model)
     write_metadata(model, {
         "source": {"kind": source.kind, "spec": absolute_spec(source.spec), "name": source.name, "task": source.task,

@@ -11,6 +11,7 @@ import io
 import logging
 import warnings
 from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
 
 import onnx
 
@@ -22,7 +23,11 @@ MIN_DYNAMO_OPSET = 18
 MAX_LEGACY_OPSET = 20
 
 
-def export_module(source: Source, shapes: dict[str, list], settings: ExportSettings) -> onnx.ModelProto:
+def export_module(source: Source, shapes: dict[str, list], settings: ExportSettings,
+                  weights_dir: "Path | None" = None) -> onnx.ModelProto:
+    """The module as ONNX. With `weights_dir`, the weights are written there as external data,
+    tensor by tensor from PyTorch's own buffers, and the model returned is lazy (onnx_io): the
+    whole model is never one protobuf in memory next to PyTorch's weights."""
     import torch
 
     if settings.dynamo and settings.opset < MIN_DYNAMO_OPSET:
@@ -54,7 +59,7 @@ def export_module(source: Source, shapes: dict[str, list], settings: ExportSetti
                 )
                 if settings.exporter_optimize:
                     optimize_exported(program.model)
-                model = program.model_proto
+                model = program.model_proto if weights_dir is None else _save_lazy(program, weights_dir)
             else:
                 buffer = io.BytesIO()
                 torch.onnx.export(
@@ -71,6 +76,14 @@ def export_module(source: Source, shapes: dict[str, list], settings: ExportSetti
                         hint=f"check the model runs on the example inputs; or try {other}") from exc
     rename_dims(model, shapes)
     return model
+
+
+def _save_lazy(program, weights_dir: Path) -> onnx.ModelProto:
+    from trtcompile.onnx_io import load_lazy
+
+    path = Path(weights_dir) / "exported.onnx"
+    program.save(str(path), external_data=True)
+    return load_lazy(path)
 
 
 def optimize_exported(model) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import onnx
 
-from trtcompile.onnx_io import fix_ir_version
+from trtcompile.onnx_io import fix_ir_version, inside_weights_dir, weights_dir
 
 _INLINE_LIMIT = 2**31 - 2**24  # protobuf's 2 GB, less headroom
 
@@ -20,7 +20,9 @@ def ort_session(model: onnx.ModelProto, *, optimize: bool = False, threads: int 
         opts.intra_op_num_threads = threads
     fix_ir_version(model)  # the IR version ONNX Runtime loads
     if model.ByteSize() < _INLINE_LIMIT:
-        return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        # A lazy model's weights stay on disk: ONNX Runtime reads them from there, not from a copy.
+        with inside_weights_dir(weights_dir(model)):
+            return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     # Over protobuf's 2 GB: through a temp file with external weights, kept as long as the session.
     import tempfile
     from pathlib import Path

@@ -5,15 +5,14 @@ from __future__ import annotations
 import onnx
 import onnx_graphsurgeon as gs
 
-from trtcompile.onnx_io import fix_ir_version
+from trtcompile.onnx_io import to_graph, to_model
 
 
 def with_types(graph: gs.Graph) -> gs.Graph:
     """The graph re-imported after ONNX shape inference, so every tensor knows its dtype."""
-    model = gs.export_onnx(graph)
-    fix_ir_version(model)
+    model = to_model(graph)  # weights on disk stay there (onnx_io's lazy models)
     try:
         model = onnx.shape_inference.infer_shapes(model, data_prop=True)
     except Exception:  # noqa: BLE001 - inference is best effort; unknown dtypes are left alone
         pass
-    return gs.import_onnx(model)
+    return to_graph(model)

@@ -47,6 +47,7 @@ def run_pipeline(graph: gs.Graph, ctx: PassContext, passes: list[Pass] | None = 
                  on_pass: Callable[[str], None] | None = None) -> tuple[gs.Graph, list[PassReport]]:
     """Run the passes in order (skipping ctx.settings.disabled_passes); return graph and reports."""
     from trtcompile.graph.check import check_graph
+    from trtcompile.onnx_io import spill_constants
 
     reports = []
     for fn in PIPELINE if passes is None else passes:
@@ -58,6 +59,7 @@ def run_pipeline(graph: gs.Graph, ctx: PassContext, passes: list[Pass] | None = 
         start = time.perf_counter()
         graph = fn(graph, ctx)
         graph.cleanup().toposort()
+        spill_constants(graph)  # weights a pass made go to disk before the next pass makes more
         ctx.report.seconds = time.perf_counter() - start
         ctx.report.nodes_after = len(graph.nodes)
         if ctx.report.matched or ctx.report.declined:

@@ -34,10 +34,12 @@ def ensure_opset(graph: gs.Graph, version: int) -> gs.Graph:
     if current < 13:
         import onnx.version_converter
 
-        from trtcompile.onnx_io import fix_ir_version
+        from trtcompile.onnx_io import set_weights_dir, to_graph, to_model, weights_dir
 
-        model = fix_ir_version(gs.export_onnx(graph))
-        return gs.import_onnx(onnx.version_converter.convert_version(model, version))
+        model = to_model(graph)
+        converted = onnx.version_converter.convert_version(model, version)
+        set_weights_dir(converted, weights_dir(model))
+        return to_graph(converted)
     if current < 18 <= version:
         for node in graph.nodes:
             if node.op in _REDUCE_AXES_INPUT_AT_18 and "axes" in node.attrs:

@@ -310,10 +310,9 @@ def sample_inputs(graph: gs.Graph, batch: int = 1, sequence: int = 16, seed: int
 def float_peaks(graph: gs.Graph, feeds: list[dict[str, np.ndarray]]) -> dict[str, float]:
     """Max |value| of every FP32 intermediate over the feeds (sentinels >= 1e30 and inf ignored)."""
     from trtcompile.graph.session import ort_session
-    from trtcompile.onnx_io import fix_ir_version
+    from trtcompile.onnx_io import to_model
 
-    model = gs.export_onnx(graph)
-    fix_ir_version(model)
+    model = to_model(graph)
     known = {o.name for o in model.graph.output}
     names = [t.name for t in graph.tensors().values()
              if isinstance(t, gs.Variable) and t.inputs and _is_f32(t) and t.name not in known]

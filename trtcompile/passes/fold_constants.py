@@ -37,10 +37,14 @@ def fold_constants(graph: gs.Graph, ctx: PassContext) -> gs.Graph:
 
 def fold_keeping_shared_weights(graph: gs.Graph) -> list[str]:
     """gs's fold_constants, except through shared weights; returns the names of those kept."""
+    from trtcompile.onnx_io import graph_weights_dir, inside_weights_dir
+
     transpose_weights(graph)
     shielded = _shield_shared_weights(graph)
     try:
-        graph.fold_constants(partitioning="recursive", error_ok=True).cleanup(remove_unused_graph_inputs=False)
+        # gs folds in ONNX Runtime sessions on serialized subgraphs: weights on disk resolve from there.
+        with inside_weights_dir(graph_weights_dir(graph)):
+            graph.fold_constants(partitioning="recursive", error_ok=True).cleanup(remove_unused_graph_inputs=False)
     finally:
         _unshield(graph, shielded)
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
@@ -54,6 +58,9 @@ def transpose_weights(graph: gs.Graph) -> int:
     evaluate them all in one ONNX Runtime session built from the serialized weights: two extra
     copies of the whole model at once. Here each weight is replaced by its transpose in turn.
     """
+    from trtcompile.onnx_io import graph_weights_dir
+
+    directory = graph_weights_dir(graph)
     count = 0
     for node in list(graph.nodes):
         if node.op != "Transpose" or len(node.inputs) != 1 or not isinstance(node.inputs[0], gs.Constant):
@@ -72,8 +79,17 @@ def transpose_weights(graph: gs.Graph) -> int:
                     consumer.inputs[i] = folded
         node.outputs.clear()
         node.inputs.clear()
+        if directory is not None:  # one weight at a time in memory, not all of them
+            _spill_one(folded, directory)
         count += 1
     return count
+
+
+def _spill_one(constant: gs.Constant, directory) -> None:
+    from trtcompile.onnx_io import spill_constants
+
+    holder = gs.Graph(nodes=[], outputs=[constant])
+    spill_constants(holder, directory)
 
 
 def shared_weights(graph: gs.Graph) -> list[gs.Constant]:

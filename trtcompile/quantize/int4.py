@@ -32,6 +32,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from trtcompile.errors import UserError
+from trtcompile.onnx_io import to_graph
 from trtcompile.graph.context import PassContext
 from trtcompile.settings import CalibrationSettings
 
@@ -92,7 +93,7 @@ def quantize_int4(model: onnx.ModelProto, calibration: list[dict[str, np.ndarray
         rows = {n: s["rows"] for n, s in stats.items()}
         means = {n: s["channel_mean"] for n, s in stats.items()}
         grams = {n: s["gram"] for n, s in stats.items() if s["gram"] is not None}
-    graph = with_types(gs.import_onnx(fp32_model))
+    graph = with_types(to_graph(fp32_model))
     choices = _search(graph, targets, rows, means, settings, report) if awq else {}
     _write(graph, targets, rows, choices, settings, report, grams)
     if graph.opset < 21:

@@ -23,6 +23,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from trtcompile.errors import UserError
+from trtcompile.onnx_io import to_graph
 from trtcompile.graph.context import PassContext
 from trtcompile.graph.report import PassReport
 from trtcompile.settings import CALIBRATION_METHODS, WEIGHT_ROUNDINGS, CalibrationSettings
@@ -84,12 +85,12 @@ def quantize_int8(model: onnx.ModelProto, calibration: list[dict[str, np.ndarray
     if mse:
         from trtcompile.quantize.ranges import search_amax
 
-        weights = _weights_by_activation(gs.import_onnx(fp32_model), targets)
+        weights = _weights_by_activation(to_graph(fp32_model), targets)
         amax = {n: search_amax(s["hist"], s["rows"], weights.get(n, []), fmt) for n, s in stats.items()}
     else:
         amax = {n: activation_amax(s["hist"], settings.method, settings.percentile) for n, s in stats.items()}
 
-    rounded = _gptq_weights(gs.import_onnx(fp32_model), targets, stats, fmt, report) if gptq else None
+    rounded = _gptq_weights(to_graph(fp32_model), targets, stats, fmt, report) if gptq else None
 
     eval_feeds = evaluation if evaluation is not None else calibration
     if evaluation is None:
@@ -98,7 +99,7 @@ def quantize_int8(model: onnx.ModelProto, calibration: list[dict[str, np.ndarray
     language_model = _is_language_model(ctx, model)
 
     def build(subset) -> onnx.ModelProto:
-        return _export(insert_qdq(gs.import_onnx(fp32_model), subset, amax, fmt, rounded))
+        return _export(insert_qdq(to_graph(fp32_model), subset, amax, fmt, rounded))
 
     def measure(subset, feeds=eval_feeds, ref=reference) -> dict:
         return compare(ref, run_all(ort_session(build(subset)), feeds), feeds, language_model)
@@ -194,7 +195,7 @@ def prepared_graph(model: onnx.ModelProto, calibration, evaluation, settings: Ca
         _check_feeds(model, calibration, "calibration data", settings)
     if evaluation is not None:
         _check_feeds(model, evaluation, "evaluation data", settings)
-    graph = with_types(gs.import_onnx(model))
+    graph = with_types(to_graph(model))
     tied = materialize_transposed_weights(graph)
     if tied:
         report.note(f"{tied} read their weight as Transpose(constant) (a tied embedding): quantized from a copy")
