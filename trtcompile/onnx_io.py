@@ -53,7 +53,8 @@ WEIGHTS_DIR_KEY = "trtcompile.weights_dir"
 # Constants a pass creates above this size go to the weights directory after the pass.
 SPILL_MIN_BYTES = 1 << 20
 _SPILL_FILE = "spilled.data"
-_ALIGN = 4096  # ONNX Runtime maps external data whose offset is page-aligned instead of copying it
+_ALIGN = 4096
+_INLINE_BELOW = 1024  # bytes; smaller tensors stay in the protobuf (onnx's own default threshold)  # ONNX Runtime maps external data whose offset is page-aligned instead of copying it
 
 
 def weights_dir(model: onnx.ModelProto) -> Path | None:
@@ -106,26 +107,37 @@ def graph_weights_dir(graph: gs.Graph) -> Path | None:
     for tensor in graph.tensors().values():
         if isinstance(tensor, gs.Constant) and isinstance(tensor._values, ExternalValues):
             return tensor._values.base_dir
-    return getattr(graph, "weights_dir", None)
+    return graph.__dict__.get("weights_dir")  # gs.Graph.__getattr__ would look up an op function
 
 
-def spill_constants(graph: gs.Graph, directory: Path | None = None, min_bytes: int = SPILL_MIN_BYTES) -> int:
+def spill_constants(graph: gs.Graph, directory: Path | None = None, min_bytes: int | None = None) -> int:
     """Write large in-memory constants (folded, transposed, cast or quantized weights) to the
     weights directory and keep references; returns how many. A no-op for a graph held in memory."""
     directory = directory or graph_weights_dir(graph)
     if directory is None:
         return 0
+    min_bytes = max(SPILL_MIN_BYTES if min_bytes is None else min_bytes, _INLINE_BELOW)
     from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
 
+    _repack_narrow_constants(graph)  # INT4/FP8 values back in onnx's packed form first
     count = 0
     with open(directory / _SPILL_FILE, "ab") as f:
         for tensor in graph.tensors().values():
-            if (not isinstance(tensor, gs.Constant) or isinstance(tensor._values, gs.ir.tensor.LazyValues)
-                    or tensor._values.nbytes < min_bytes):
+            if not isinstance(tensor, gs.Constant) or isinstance(tensor._values, ExternalValues):
                 continue
-            proto = OnnxExporter.export_tensor_proto(tensor)
+            if isinstance(tensor._values, gs.ir.tensor.LazyValues):  # a tensor proto held in memory
+                if type(tensor._values) is not gs.ir.tensor.LazyValues or len(tensor._values.tensor.raw_data) < min_bytes:
+                    continue
+                proto = onnx.TensorProto()
+                proto.CopyFrom(tensor._values.tensor)
+                proto.name = tensor.name
+            elif tensor._values.nbytes >= min_bytes:
+                proto = OnnxExporter.export_tensor_proto(tensor)
+            else:
+                continue
             _move_to_file(proto, f, _SPILL_FILE)
             tensor._values = ExternalValues(proto, directory)
+            tensor.data_location = None
             count += 1
     return count
 
@@ -167,6 +179,8 @@ def to_graph(model: onnx.ModelProto) -> gs.Graph:
             if (isinstance(tensor, gs.Constant) and type(tensor._values) is gs.ir.tensor.LazyValues
                     and _is_external(tensor._values.tensor)):
                 tensor._values = ExternalValues(tensor._values.tensor, base)
+                # Else values a pass loads or replaces would export marked external, with no file.
+                tensor.data_location = None
         graph.weights_dir = base
     return graph
 
@@ -258,11 +272,16 @@ def _save_lazy(model: onnx.ModelProto, path: Path, data: Path, external_above: i
                 load_external_data_for_tensor(tensor, str(source))
         onnx.save_model(model, str(path))
         return path
+    from onnx.external_data_helper import load_external_data_for_tensor
+
     with open(data, "wb") as out:
         for tensor in tensors:
-            if _is_external(tensor):
+            if _is_external(tensor) and _external_length(tensor) < _INLINE_BELOW:
+                # Shape operands: ONNX Runtime's shape inference reads them before external data.
+                load_external_data_for_tensor(tensor, str(source))
+            elif _is_external(tensor):
                 _copy_external(tensor, source, out, data.name)
-            elif len(tensor.raw_data) >= 1024:
+            elif len(tensor.raw_data) >= _INLINE_BELOW:
                 _move_to_file(tensor, out, data.name)
     onnx.save_model(model, str(path))
     set_weights_dir(model, path.resolve().parent)
