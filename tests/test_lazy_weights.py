@@ -1,4 +1,4 @@
-"""Lazy models (onnx_io): weights stay in external data files through the optimize stage and saving.
+"""Lazy models (trtcompile/lazy_weights.py): weights stay in external data files through the optimize stage and saving.
 
 A compile holds the exported model as references to a weights directory; passes read a weight only
 when they need its values and write what they create back out. These tests run the same optimize
@@ -17,9 +17,10 @@ import pytest
 from helpers import assert_close, ort_run
 from tiny_onnx import export, token_feeds
 
-from trtcompile import onnx_io
+from trtcompile import lazy_weights
 from trtcompile.export import write_metadata
-from trtcompile.onnx_io import load_lazy, save_model, weights_dir
+from trtcompile.lazy_weights import load_lazy, weights_dir
+from trtcompile.onnx_io import save_model
 from trtcompile.optimize import optimize
 from trtcompile.settings import CalibrationSettings, OptimizeSettings
 
@@ -53,7 +54,7 @@ def feeds():
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int4"])
 def test_optimize_on_a_lazy_model_equals_optimize_in_memory(tmp_path, monkeypatch, feeds, precision):
-    monkeypatch.setattr(onnx_io, "SPILL_MIN_BYTES", 0)  # tiny weights: spill everything a pass makes
+    monkeypatch.setattr(lazy_weights, "SPILL_MIN_BYTES", 0)  # tiny weights: spill everything a pass makes
     settings = OptimizeSettings(precision=precision)
     calibration = CalibrationSettings(int4_method="rtn")
     in_memory = optimize(_with_metadata(export("llama")), settings, calibration).model

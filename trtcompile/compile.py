@@ -240,7 +240,7 @@ def compile_package(spec: str, out: Path, *, profile_path: Path | None = None,
                                    progress=progress)
     import tempfile
 
-    # The weights live on disk here between export and package (onnx_io's lazy models).
+    # The weights live on disk here between export and package (lazy_weights.py).
     with tempfile.TemporaryDirectory(prefix="trtcompile-weights-") as weights_dir:
         return _compile_source(spec, Path(out), Path(weights_dir), profile_path=profile_path, export=export,
                                optimize=optimize, calibration=calibration, build=build, verify=verify,

@@ -49,7 +49,7 @@ def export_onnx(source: Source, profile: Profile, settings: ExportSettings, weig
     """The source as ONNX (export for torch sources, a renamed copy for ONNX files), with metadata.
 
     With `weights_dir` (a directory the caller owns), a torch source's weights are written there
-    and the model returned only refers to them (a lazy model, onnx_io)."""
+    and the model returned only refers to them (a lazy model, lazy_weights.py)."""
     from trtcompile.export.torch_export import export_module, rename_dims
     from trtcompile.onnx_io import fix_ir_version, load_model
     from trtcompile.stage import absolute_spec  # verify finds the source again from any directory

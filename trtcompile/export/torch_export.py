@@ -26,7 +26,7 @@ MAX_LEGACY_OPSET = 20
 def export_module(source: Source, shapes: dict[str, list], settings: ExportSettings,
                   weights_dir: "Path | None" = None) -> onnx.ModelProto:
     """The module as ONNX. With `weights_dir`, the weights are written there as external data,
-    tensor by tensor from PyTorch's own buffers, and the model returned is lazy (onnx_io): the
+    tensor by tensor from PyTorch's own buffers, and the model returned is lazy (lazy_weights.py): the
     whole model is never one protobuf in memory next to PyTorch's weights."""
     import torch
 
@@ -80,7 +80,7 @@ def export_module(source: Source, shapes: dict[str, list], settings: ExportSetti
 
 
 def _save_lazy(program, weights_dir: Path) -> onnx.ModelProto:
-    from trtcompile.onnx_io import load_lazy
+    from trtcompile.lazy_weights import load_lazy
 
     path = Path(weights_dir) / "exported.onnx"
     program.save(str(path), external_data=True)

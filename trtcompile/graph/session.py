@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import onnx
 
-from trtcompile.onnx_io import fix_ir_version, inside_weights_dir, weights_dir
+from trtcompile.lazy_weights import inside_weights_dir, weights_dir
+from trtcompile.onnx_io import fix_ir_version
 
 _INLINE_LIMIT = 2**31 - 2**24  # protobuf's 2 GB, less headroom
 

@@ -47,7 +47,7 @@ def run_pipeline(graph: gs.Graph, ctx: PassContext, passes: list[Pass] | None = 
                  on_pass: Callable[[str], None] | None = None) -> tuple[gs.Graph, list[PassReport]]:
     """Run the passes in order (skipping ctx.settings.disabled_passes); return graph and reports."""
     from trtcompile.graph.check import check_graph
-    from trtcompile.onnx_io import spill_constants
+    from trtcompile.lazy_weights import spill_constants
 
     reports = []
     for fn in PIPELINE if passes is None else passes:

@@ -34,7 +34,8 @@ def ensure_opset(graph: gs.Graph, version: int) -> gs.Graph:
     if current < 13:
         import onnx.version_converter
 
-        from trtcompile.onnx_io import set_weights_dir, to_graph, to_model, weights_dir
+        from trtcompile.lazy_weights import set_weights_dir, weights_dir
+        from trtcompile.onnx_io import to_graph, to_model
 
         model = to_model(graph)
         converted = onnx.version_converter.convert_version(model, version)

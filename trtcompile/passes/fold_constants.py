@@ -37,7 +37,7 @@ def fold_constants(graph: gs.Graph, ctx: PassContext) -> gs.Graph:
 
 def fold_keeping_shared_weights(graph: gs.Graph) -> list[str]:
     """gs's fold_constants, except through shared weights; returns the names of those kept."""
-    from trtcompile.onnx_io import graph_weights_dir, inside_weights_dir
+    from trtcompile.lazy_weights import graph_weights_dir, inside_weights_dir
 
     transpose_weights(graph)
     shielded = _shield_shared_weights(graph)
@@ -58,7 +58,7 @@ def transpose_weights(graph: gs.Graph) -> int:
     evaluate them all in one ONNX Runtime session built from the serialized weights: two extra
     copies of the whole model at once. Here each weight is replaced by its transpose in turn.
     """
-    from trtcompile.onnx_io import graph_weights_dir
+    from trtcompile.lazy_weights import graph_weights_dir
 
     directory = graph_weights_dir(graph)
     count = 0
@@ -86,7 +86,7 @@ def transpose_weights(graph: gs.Graph) -> int:
 
 
 def _spill_one(constant: gs.Constant, directory) -> None:
-    from trtcompile.onnx_io import spill_constants
+    from trtcompile.lazy_weights import spill_constants
 
     holder = gs.Graph(nodes=[], outputs=[constant])
     spill_constants(holder, directory)
