@@ -1,11 +1,13 @@
 """Compile memory scales with the model: a regression guard on peak RSS above the import baseline.
 
 A mid-size Llama (55M parameters, a 211 MiB checkpoint, a 32000-token tied vocabulary) compiles in
-a subprocess (its own ru_maxrss). The goal is <= 3x the fp32 checkpoint; measured 2026-11-29 it is
-5.9x above the import baseline (export holds PyTorch's weights and the ONNX protobuf; the passes
-hold two protobufs; ONNX Runtime's session holds its own copy plus the folded transpose of the tied
-embedding). The guard sits at 7x so it does not flake, and fails on a return to whole-tensor
-float64 comparisons, unbounded verification shapes or PyTorch kept alive during verification.
+a subprocess (its own ru_maxrss). The goal is <= 3x the fp32 checkpoint above the import baseline.
+Measured 2026-11-29: 5.4x before weights stayed on disk; 2.9x since (export writes external data,
+passes read weights lazily, the exported IR no longer keeps PyTorch's weights alive). The peak is
+now verification: ONNX Runtime's session (the weights once, plus its pre-packed MatMul weights)
+on top of what export left. The guard sits at 3.5x so it does not flake on a loaded machine, and
+fails on any return of a second copy of the weights: PyTorch kept alive past the reference outputs
+(+1x), a whole-model protobuf in the passes or in saving, whole-tensor float64 comparisons.
 """
 
 from __future__ import annotations
@@ -33,8 +35,8 @@ def midsize_llama(directory: Path) -> Path:
     return directory
 
 
-GOAL = 3.0  # the issue's target, not yet reached (see the module docstring)
-GUARD = 7.0
+GOAL = 3.0  # the issue's target: reached on this model (2.9x), with little room (see the module docstring)
+GUARD = 3.5
 
 
 @pytest.mark.slow
