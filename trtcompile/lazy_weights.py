@@ -127,6 +127,11 @@ def spill_constants(graph: gs.Graph, directory: Path | None = None, min_bytes: i
     return count
 
 
+def spill_one(constant: gs.Constant, directory: Path) -> None:
+    """Write one new constant to the weights directory now (a pass making many keeps one in memory)."""
+    spill_constants(gs.Graph(nodes=[], outputs=[constant]), directory)
+
+
 def _move_to_file(tensor: onnx.TensorProto, f, location: str) -> None:
     """Append the tensor's raw bytes to the open file `f` (at `location`) and leave a reference."""
     offset = f.seek(0, os.SEEK_END)

@@ -38,3 +38,33 @@ def test_quantized_weights_are_left_alone():
     model = b.model([x], outs)
     fused, report = apply(model, fuse_parallel_matmuls, prepare=False)
     assert ops(fused) == ops(model) and not report.matched
+
+
+def test_weights_on_disk_are_joined_one_group_at_a_time(tmp_path):
+    # A compile's graph refers to weights on disk (lazy_weights). The pass reads only the group it joins,
+    # without caching the originals on their constants, and writes the joined weight out at once.
+    import onnx
+
+    from trtcompile import lazy_weights
+    from trtcompile.onnx_io import to_graph, to_model
+    from trtcompile.passes import PassContext, run_pipeline
+    from trtcompile.settings import OptimizeSettings
+
+    rng = np.random.default_rng(1)
+    b = Builder()
+    x = gs.Variable("x", dtype=np.float32, shape=["B", 256])
+    q, k = (b.op("MatMul", x, const(name, rng.standard_normal((256, 768)).astype(np.float32))) for name in ("wq", "wk"))
+    model = b.model([x], [q, k])
+    onnx.save_model(model, str(tmp_path / "m.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="m.onnx.data", size_threshold=1024)
+    graph = to_graph(lazy_weights.load_lazy(tmp_path / "m.onnx"))
+    originals = [t for t in graph.tensors().values() if isinstance(t, gs.Constant)]
+    assert all(isinstance(t._values, lazy_weights.ExternalValues) for t in originals)
+
+    fused, _ = run_pipeline(graph, PassContext(settings=OptimizeSettings()), [fuse_parallel_matmuls])
+    joined = [t for t in fused.tensors().values() if t.name.endswith("_joined_weight")]
+    assert len(joined) == 1 and isinstance(joined[0]._values, lazy_weights.ExternalValues)  # on disk, 1.5 MiB
+    assert all(isinstance(t._values, lazy_weights.ExternalValues) for t in originals)  # read, never cached
+    feeds = {"x": rng.standard_normal((2, 256)).astype(np.float32)}
+    with lazy_weights.inside_weights_dir(tmp_path):
+        assert_same(onnx.load(str(tmp_path / "m.onnx")), to_model(fused), feeds, atol=1e-4)

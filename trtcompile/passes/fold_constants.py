@@ -58,7 +58,7 @@ def transpose_weights(graph: gs.Graph) -> int:
     evaluate them all in one ONNX Runtime session built from the serialized weights: two extra
     copies of the whole model at once. Here each weight is replaced by its transpose in turn.
     """
-    from trtcompile.lazy_weights import graph_weights_dir
+    from trtcompile.lazy_weights import graph_weights_dir, spill_one
 
     directory = graph_weights_dir(graph)
     count = 0
@@ -80,16 +80,9 @@ def transpose_weights(graph: gs.Graph) -> int:
         node.outputs.clear()
         node.inputs.clear()
         if directory is not None:  # one weight at a time in memory, not all of them
-            _spill_one(folded, directory)
+            spill_one(folded, directory)
         count += 1
     return count
-
-
-def _spill_one(constant: gs.Constant, directory) -> None:
-    from trtcompile.lazy_weights import spill_constants
-
-    holder = gs.Graph(nodes=[], outputs=[constant])
-    spill_constants(holder, directory)
 
 
 def shared_weights(graph: gs.Graph) -> list[gs.Constant]:

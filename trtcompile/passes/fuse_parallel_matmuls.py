@@ -30,17 +30,25 @@ import onnx_graphsurgeon as gs
 from trtcompile.graph.context import PassContext
 
 
-def _weight(node: gs.Node) -> np.ndarray | None:
+def _weight(node: gs.Node) -> gs.Constant | None:
+    """The node's 2-D float weight, judged from its shape and type alone: a weight on disk
+    (lazy_weights) is not read here."""
     w = node.inputs[1] if len(node.inputs) == 2 else None
-    if not isinstance(w, gs.Constant):
+    if not isinstance(w, gs.Constant) or w.shape is None or len(w.shape) != 2:
         return None
-    values = w.values
-    if getattr(values, "ndim", 0) != 2 or values.dtype.kind != "f":
-        return None
-    return values
+    return w if np.dtype(w.dtype).kind == "f" else None
+
+
+def _values(w: gs.Constant) -> np.ndarray:
+    # Read a lazy weight without caching it on the constant: the original goes away with its node,
+    # and only one group's weights are in memory at a time.
+    return np.asarray(w._values.load() if isinstance(w._values, gs.ir.tensor.LazyValues) else w.values)
 
 
 def fuse_parallel_matmuls(graph: gs.Graph, ctx: PassContext) -> gs.Graph:
+    from trtcompile.lazy_weights import graph_weights_dir, spill_one
+
+    directory = graph_weights_dir(graph)
     groups: dict[str, list[gs.Node]] = {}
     for node in graph.nodes:
         if node.op == "MatMul" and _weight(node) is not None and node.inputs[0].name:
@@ -48,7 +56,7 @@ def fuse_parallel_matmuls(graph: gs.Graph, ctx: PassContext) -> gs.Graph:
     for nodes in groups.values():
         if len(nodes) < 2:
             continue
-        weights = [np.asarray(_weight(n)) for n in nodes]
+        weights = [_values(_weight(n)) for n in nodes]
         if len({(w.dtype, w.shape[0]) for w in weights}) != 1:
             ctx.report.decline(nodes[0].name, "the weights differ in dtype or rows",
                                weights=[f"{w.dtype} {list(w.shape)}" for w in weights])
@@ -57,6 +65,8 @@ def fuse_parallel_matmuls(graph: gs.Graph, ctx: PassContext) -> gs.Graph:
         widths = np.array([w.shape[1] for w in weights], np.int64)
         joined = gs.Constant(f"{first.name}_joined_weight", np.ascontiguousarray(np.concatenate(weights, axis=1)))
         del weights  # the originals go with their nodes below
+        if directory is not None:  # on disk at once, like the weights it replaces
+            spill_one(joined, directory)
         fused = gs.Variable(f"{first.name}_joined", dtype=first.outputs[0].dtype)
         outputs = []
         for node in nodes:
@@ -67,6 +77,6 @@ def fuse_parallel_matmuls(graph: gs.Graph, ctx: PassContext) -> gs.Graph:
         graph.nodes.append(gs.Node("Split", name=f"{first.name}_split", attrs={"axis": -1},
                                    inputs=[fused, gs.Constant(f"{first.name}_split_widths", widths)],
                                    outputs=outputs))
-        ctx.report.match(first.name, joined=[n.name for n in nodes], columns=int(joined.values.shape[1]))
+        ctx.report.match(first.name, joined=[n.name for n in nodes], columns=int(widths.sum()))
     return graph
 
