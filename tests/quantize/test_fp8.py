@@ -12,7 +12,8 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 from helpers import cosine, ort_run
-from onnx import helper, numpy_helper
+from one_matmul import one_matmul_model
+from onnx import numpy_helper
 from tiny_onnx import export, token_feeds
 
 from trtcompile.passes import ModelInfo, PassContext
@@ -24,12 +25,7 @@ from trtcompile.settings import CalibrationSettings
 def _matmul_model(k=64, n=32):
     rng = np.random.default_rng(3)
     w = rng.standard_normal((k, n)).astype(np.float32)
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "g",
-                              [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["b", k])],
-                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["b", n])],
-                              [numpy_helper.from_array(w, "w")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
-    model.ir_version = 10
+    model = one_matmul_model(w)
     cal = [{"x": rng.standard_normal((8, k)).astype(np.float32) * 3} for _ in range(3)]
     return model, w, cal
 

@@ -13,6 +13,7 @@ import onnx
 import onnx_graphsurgeon as gs
 import pytest
 from helpers import cosine, ort_run
+from one_matmul import one_matmul_model
 from onnx import helper, numpy_helper
 from tiny_onnx import export, token_feeds
 
@@ -83,12 +84,7 @@ def test_int4_numerics_match_numpy_dequantize_then_matmul():
     rng = np.random.default_rng(0)
     k, n = 256, 48
     w = rng.standard_normal((k, n)).astype(np.float32)
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "g",
-                              [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["b", k])],
-                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["b", n])],
-                              [numpy_helper.from_array(w, "w")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
-    model.ir_version = 10
+    model = one_matmul_model(w)
     for symmetric, block in ((True, 64), (False, 32)):
         q = quantize_int4(model, None, CalibrationSettings(int4_method="rtn", int4_block_size=block,
                                                            int4_symmetric=symmetric, int4_activations="fp32"),

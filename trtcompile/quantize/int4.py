@@ -318,6 +318,6 @@ def _check_int4_settings(settings: CalibrationSettings) -> None:
     if settings.int4_activations not in ("fp16", "fp32"):
         raise UserError(f"INT4 activation precision {settings.int4_activations!r} is not fp16 or fp32",
                         hint="use --int4-activations fp16 (TensorRT) or fp32")
-    if settings.accuracy_target is not None and not 0 < settings.accuracy_target <= 1:
-        raise UserError(f"accuracy target {settings.accuracy_target} is outside (0, 1]",
-                        hint="give a cosine or top-1 agreement such as 0.99")
+    from trtcompile.quantize.int8 import check_accuracy_target
+
+    check_accuracy_target(settings)

@@ -354,9 +354,14 @@ def _check_settings(settings: CalibrationSettings) -> None:
     if settings.float_precision not in ("fp32", "fp16"):
         raise UserError(f"float precision {settings.float_precision!r} for the non-INT8 layers is not fp32 or fp16",
                         hint="use fp16 (fastest in TensorRT) or fp32")
+    check_accuracy_target(settings)
+
+
+def check_accuracy_target(settings: CalibrationSettings) -> None:
+    """The gate's target, for library callers (the CLI checks it in preflight)."""
     if settings.accuracy_target is not None and not 0 < settings.accuracy_target <= 1:
         raise UserError(f"accuracy target {settings.accuracy_target} is outside (0, 1]",
-                        hint="give a cosine or top-1 agreement such as 0.999")
+                        hint="give a mean cosine or top-1 agreement such as 0.999")
 
 
 def _check_feeds(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], what: str,
