@@ -222,3 +222,10 @@ def test_tied_lm_head_reading_transposed_embedding():
     ids = rng.integers(0, vocab, (1, 5)).astype(np.int64)
     got = ort_run(q, {"ids": ids})["logits"]
     assert cosine(got, emb[ids] @ emb.T) > 0.99
+
+
+@pytest.mark.parametrize("target", [0.0, 1.5])
+def test_library_callers_get_the_accuracy_target_checked(target):
+    model = one_matmul_model(np.ones((64, 8), np.float32))
+    with pytest.raises(UserError, match=r"accuracy target .* is outside \(0, 1\]"):
+        quantize_int4(model, None, CalibrationSettings(int4_method="rtn", accuracy_target=target), PassContext())
