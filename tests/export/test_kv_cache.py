@@ -108,7 +108,7 @@ def test_default_profiles():
 def test_static_graph_follows_tensorrt_rules(llama_package):
     """TensorScatter(axis=2, linear) outside Attention; each layer's Attention (Q, K, V and a mask, one
     output, no is_causal) in both branches of one If on kv_sequence == max_cache: the whole cache read
-    in place (then), the Slice of the first kv_sequence slots (else)."""
+    in place (then), the Slice of the first kv_sequence slots (else); its query heads grouped per KV head."""
     model = onnx.load(str(llama_package / "model.onnx"))
     assert {o.domain: o.version for o in model.opset_import}.get("", 0) >= 24
     scatters = [n for n in model.graph.node if n.op_type == "TensorScatter"]
@@ -134,8 +134,13 @@ def test_static_graph_follows_tensorrt_rules(llama_package):
             assert len(attention.output) == 1
             attrs = {a.name: a.i for a in attention.attribute}
             assert attrs.get("is_causal", 0) == 0
-            assert attrs["kv_num_heads"] == 2 and attrs["q_num_heads"] == 4  # native GQA
+            # The 4 query heads folded into 2 query blocks, one per KV head (passes/group_query_heads.py).
+            assert attrs["kv_num_heads"] == 2 and attrs["q_num_heads"] == 2
         assert whole[0].input[3] == sliced[0].input[3] and whole[0].input[0] == sliced[0].input[0]
+        producers = {o: n for n in model.graph.node for o in n.output}
+        assert producers[whole[0].input[0]].op_type == "Reshape"  # Q [B, 4, S, 16] -> [B, 2, 2*S, 16]
+        assert producers[whole[0].input[3]].op_type == "Tile"  # the mask's rows, once per folded head
+        assert [n.op_type for n in model.graph.node if node.output[0] in n.input] == ["Reshape"]
     dims = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in model.graph.input}
     assert dims["past_key_values.0.key"] == ["batch", 2, MAX_CACHE, 16]
     assert dims["attention_mask"] == ["batch", "kv_sequence"]

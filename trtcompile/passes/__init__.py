@@ -21,6 +21,7 @@ from trtcompile.passes.fuse_layer_norm import fuse_layer_norm
 from trtcompile.passes.fuse_parallel_matmuls import fuse_parallel_matmuls
 from trtcompile.passes.fuse_rms_norm import fuse_rms_norm
 from trtcompile.passes.fuse_rotary import fuse_rotary
+from trtcompile.passes.group_query_heads import group_query_heads
 from trtcompile.passes.simplify_casts import simplify_casts
 from trtcompile.graph.report import PassReport
 
@@ -38,6 +39,7 @@ PIPELINE: list[Pass] = [
     fuse_rotary,      # also repairs the dynamo exporter's batch-1 RotaryEmbedding caches
     fuse_attention,   # after rotary: Q/K then come straight from RotaryEmbedding
     fuse_parallel_matmuls,  # after attention's matching; before precision/quantization, which see Q/K/V as one
+    group_query_heads,  # after fuse_attention made the GQA Attention nodes; K/V read once per KV head
 ]
 
 __all__ = ["PIPELINE", "ModelInfo", "PassContext", "PassReport", "run_pipeline"]
