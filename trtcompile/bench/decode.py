@@ -8,7 +8,9 @@ place, the kv_len the scheduler picks) inside a session with ORT's profiler on. 
 each op type's kernel time per step (median over the steps), so a cost that grows with the context
 (the cache read: Slice, Cast, Attention) shows next to one that does not (MatMul over the weights).
 The wall-clock time of a whole step (host work, IOBinding, the thread pool) is beside it: the gap
-between that and the kernels' sum is what the graph and the runtime spend outside kernels. Cells
+between that and the kernels' sum is what the graph and the runtime spend outside kernels. The
+step's process CPU time is too: on a loaded machine it leaves out the time a step waited for a
+core (with --threads 1 it is the cleanest figure there). Cells
 (package x context) run one step each in turn, in one process, so a shared machine's load drift
 hits them alike.
 """
@@ -72,11 +74,13 @@ class Cell:
         self.ids = np.full((rows, 1), 42, np.int64)
         self.write = np.full(rows, context, np.int64)
         self.walls: list[float] = []
+        self.cpus: list[float] = []
 
     def step(self) -> None:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         self.cache.run(0, self.ids, self.write[:, None].copy(), self.write, self.kv_len)
         self.walls.append((time.perf_counter() - start) * 1e3)
+        self.cpus.append((time.process_time() - cpu) * 1e3)
 
     def result(self, warmup: int) -> dict:
         trace = json.loads(Path(self.session.end_profiling()).read_text())
@@ -96,7 +100,7 @@ class Cell:
             for node, ms in by_node.items():
                 nodes[node].append(ms)
         # Medians per op over the steps: a step preempted by another process inflates one op, not the table.
-        return {"wall_ms": float(np.median(self.walls[warmup:])),
+        return {"wall_ms": float(np.median(self.walls[warmup:])), "cpu_ms": float(np.median(self.cpus[warmup:])),
                 "run_ms": float(np.median([r["dur"] / 1e3 for r in runs])),
                 "ops": {op: float(np.median(v)) for op, v in ops.items()},
                 "nodes": {n: float(np.median(v)) for n, v in nodes.items()}, "kv_len": self.kv_len}
@@ -154,6 +158,9 @@ def main(argv: list[str] | None = None) -> None:
     rows.append(["sum of kernels", *(sum(v for op, v in results[k]["ops"].items() if op != "If") for k in keys)])
     rows.append(["session run", *(results[k]["run_ms"] for k in keys)])
     rows.append(["step wall", *(results[k]["wall_ms"] for k in keys)])
+    # CPU time of the whole process over the step (all ORT threads; no spinning): on a loaded machine
+    # the wall clock counts time the step waited for a core, this does not.
+    rows.append(["step CPU", *(results[k]["cpu_ms"] for k in keys)])
     rows.append(["kv_len read", *(results[k]["kv_len"] for k in keys)])
     print_table(f"Decode step, ms per step by op type (ORT profiler; {args.rows} row(s), {args.threads} threads, "
                 f"median of {args.steps} steps)", ["op", *columns], rows,
