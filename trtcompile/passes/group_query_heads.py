@@ -91,7 +91,8 @@ def _grouped_mask(graph: gs.Graph, mask: gs.Tensor, group: int, nq: int, nkv: in
                                                              np.array([0, nkv, -1, 0], np.int64))],
                                    outputs=[out]))
     else:
-        return f"mask {mask.name!r} has {heads} heads, neither 1 nor {nq}"
+        return (f"mask {mask.name!r} of shape {shape}: only a head axis of 1, or one of {nq} heads in a rank-4 "
+                f"mask, folds with the query heads")
     memo[key] = out
     return out
 
