@@ -12,7 +12,8 @@ between that and the kernels' sum is what the graph and the runtime spend outsid
 step's process CPU time is too: on a loaded machine it leaves out the time a step waited for a
 core (with --threads 1 it is the cleanest figure there). Cells
 (package x context) run one step each in turn, in one process, so a shared machine's load drift
-hits them alike.
+hits them alike, in a new order each round, so that no cell always runs first or after the same
+neighbour.
 """
 
 from __future__ import annotations
@@ -112,9 +113,12 @@ def profile_cells(cells: list[tuple[Path, int, int | None]], rows: int, steps: i
     warmup = 3
     with tempfile.TemporaryDirectory() as tmp:
         live = [Cell(package, context, rows, threads, kv_len, tmp) for package, context, kv_len in cells]
+        order = np.random.default_rng(0)
         for _ in range(steps + warmup):
-            for cell in live:
-                cell.step()
+            # A new order every round: no cell always runs first or after the same neighbour (a long-
+            # context step leaves the CPU caches full of its KV cache, not of the next cell's weights).
+            for i in order.permutation(len(live)):
+                live[i].step()
         return [cell.result(warmup) for cell in live]
 
 
