@@ -45,8 +45,15 @@ def make_feeds(inputs: list[TensorSpec], dims: dict[str, int], rng: np.random.Ge
                 mask[row, max(1, end - row * max(1, end // 4)):end] = 0
             feeds[spec.name] = mask
         elif spec.name == "position_ids" and len(shape) == 2:
-            total = shapes.get("attention_mask", shape)[-1]
-            feeds[spec.name] = np.broadcast_to(np.arange(total - shape[1], total, dtype=dtype), shape).copy()
+            first = _first_new_position(shapes, shape[1])
+            feeds[spec.name] = np.broadcast_to(np.arange(first, first + shape[1], dtype=dtype), shape).copy()
+        elif spec.name == "cache_position" and len(shape) == 1:
+            # A static KV cache's write position, where position_ids say the new tokens are: inside
+            # the slots attention reads, as generation writes them. A random one (the generic integer
+            # draw) left the new tokens outside that window, so every query saw only random K/V: an
+            # input generation never makes, on which SmolLM2's own fp32 rounding error (PyTorch fp32
+            # vs fp64) grows 20x, to 1.5e-3 on deep caches, above FP32's 1e-4 bound.
+            feeds[spec.name] = np.full(shape, _first_new_position(shapes, shapes.get("input_ids", (0, 0))[-1]), dtype)
         elif dtype == np.bool_:
             feeds[spec.name] = rng.random(shape) < 0.5
         elif np.issubdtype(dtype, np.integer):
@@ -55,6 +62,12 @@ def make_feeds(inputs: list[TensorSpec], dims: dict[str, int], rng: np.random.Ge
         else:
             feeds[spec.name] = rng.standard_normal(shape).astype(dtype)
     return feeds
+
+
+def _first_new_position(shapes: dict[str, tuple], new: int) -> int:
+    """The position of the first new token: the new tokens are the last of the attention mask's
+    slots (past + new, or a static cache's kv_sequence); 0 when the mask is narrower than them."""
+    return max(0, shapes.get("attention_mask", (new,))[-1] - new)
 
 
 def cases_for(buckets: list[Bucket], outputs: list[TensorSpec] = ()) -> list[tuple[str, dict[str, int]]]:

@@ -381,11 +381,11 @@ def causal_lm_io(model, config: dict, *, kv_cache: str = "static", kv_cache_dtyp
     generation.update(cache_position="cache_position", max_cache=max_cache)
     parts = _static_parts()
     module = parts["module"](model, input_names, num_layers, all_logits).eval()
-    # Verification feeds random write positions: keep every chunk inside the cache.
-    longest_chunk = min(512, max_cache)
+    # Any slot of the cache is a valid write position (a decode step at the last one included); the
+    # runtime checks that a write of `new` tokens at it fits (static_cache.py).
     return DecoderIO(module=module, input_names=input_names, output_names=["logits", *present_names],
                      example_inputs=examples, shapes=shapes, manifest_extra={"generation": generation},
                      default_profile=lambda cfg: default_profile(cfg, "static"),
                      value_ranges={"input_ids": (0, vocab), "attention_mask": (0, 2),
-                                   "cache_position": (0, max(1, max_cache - longest_chunk + 1))},
+                                   "cache_position": (0, max_cache)},
                      onnx_translations={parts["op"]: parts["onnx"]}, min_opset=STATIC_CACHE_OPSET)

@@ -1,0 +1,64 @@
+"""Verification's inputs: they must look like what generation feeds the model.
+
+A static KV cache's inputs once had a random write position (cache_position) unrelated to
+position_ids and to the slots attention reads ([0, kv_sequence)): the new tokens landed outside
+that window and every query attended only to random K/V. SmolLM2 on such input is so
+ill-conditioned that PyTorch fp32 itself differs from fp64 by 1.5e-3 on its deep caches, above
+FP32's bound, and an exact-enough package failed verification.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from decoder_packages import hf_model
+from trtcompile.export.kv_cache import causal_lm_io, default_profile
+from trtcompile.profiles import parse_profile
+from trtcompile.runtime.checks import check_values
+from trtcompile.runtime.shapes import TensorSpec
+from trtcompile.verify import cases_for, make_feeds
+
+
+@pytest.fixture(scope="module")
+def static_inputs() -> tuple[list[TensorSpec], dict]:
+    """The tiny Llama's static-cache inputs as its package declares them (shapes, value ranges)."""
+    model = hf_model("llama")
+    config = model.config.to_dict()
+    io = causal_lm_io(model, config)
+    specs = [TensorSpec(name, str(io.example_inputs[name].numpy().dtype), io.shapes[name],
+                        io.value_ranges.get(name)) for name in io.input_names]
+    return specs, default_profile(config, "static")
+
+
+def _cases(profile: dict) -> list[dict]:
+    cases = [dims for _, dims in cases_for(parse_profile(profile).buckets)]
+    # Shrinking halves each dimension on its own, so a case may read fewer slots than it writes.
+    return cases + [{"batch": 4, "sequence": 64, "kv_sequence": 33}]
+
+
+def test_static_cache_writes_where_positions_say_inside_the_read_window(static_inputs):
+    specs, profile = static_inputs
+    for dims in _cases(profile):
+        feeds = make_feeds(specs, dims, np.random.default_rng(0))
+        new, kv = dims["sequence"], dims["kv_sequence"]
+        write, positions = feeds["cache_position"], feeds["position_ids"]
+        where = f"case {dims}"
+        # Each row's new tokens are written at the positions rotary gives them ...
+        np.testing.assert_array_equal(positions, write[:, None] + np.arange(new)[None], err_msg=where)
+        # ... as the last slots attention reads (as generation writes them), never at a negative one.
+        assert (write == max(0, kv - new)).all(), where
+        if new <= kv:
+            assert (write + new == kv).all(), where
+        # The newest token attends to its own slot in every row (decode's mask hole ends before it).
+        if new == 1:
+            assert (feeds["attention_mask"][:, -1] == 1).all(), where
+        check_values(specs, feeds)  # inside the package's declared value ranges (what Model.run checks)
+
+
+def test_static_cache_write_position_range_covers_the_whole_cache(static_inputs):
+    """A decode step at the cache's last slot is a valid input (Model.run must accept it)."""
+    specs, _ = static_inputs
+    spec = next(s for s in specs if s.name == "cache_position")
+    max_cache = spec.value_range[1]
+    assert spec.value_range == (0, max_cache) and max_cache == specs[-1].shape[2]
