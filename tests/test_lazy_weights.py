@@ -65,7 +65,11 @@ def test_optimize_on_a_lazy_model_equals_optimize_in_memory(tmp_path, monkeypatc
 
     lazy_out = optimize(lazy_in, settings, calibration).model
     assert weights_dir(lazy_out) == (tmp_path / "work").resolve()
-    assert _inline_bytes(lazy_out) < _external_bytes(lazy_out) / 20, "a pass's new weights were not spilled"
+    # The rule spill_constants keeps: every tensor from _INLINE_BELOW bytes up is on disk; shape
+    # constants and scales below it stay inline (a ratio of the two failed as passes added shapes).
+    inline = {t.name: len(t.raw_data) for t in lazy_out.graph.initializer
+              if len(t.raw_data) >= lazy_weights._INLINE_BELOW}
+    assert not inline, f"a pass's new weights were not spilled: {inline}"
     if precision != "fp32":  # the cast or quantized weights went to disk
         assert (tmp_path / "work" / "spilled.data").stat().st_size > 0
     assert [n.op_type for n in lazy_out.graph.node] == [n.op_type for n in in_memory.graph.node]
