@@ -126,8 +126,10 @@ def _record_timings(manifest: dict, progress: Progress, timings: dict) -> None:
     manifest["build"]["peak_rss_mib"] = dict(progress.peak_rss_mib)
 
 
-def reference_stage(source, model: onnx.ModelProto, settings: VerifySettings, progress: Progress) -> list:
-    """The original model's outputs on every verification case; then the original model is freed.
+def reference_stage(source, model: onnx.ModelProto, settings: VerifySettings, progress: Progress,
+                    directory: Path) -> list:
+    """The original model's outputs on every verification case, in files under `directory`; then the
+    original model is freed.
 
     Holding PyTorch's weights (or the original ONNX's session) while the package's ONNX Runtime
     session runs would double the peak memory of a compile.
@@ -143,7 +145,7 @@ def reference_stage(source, model: onnx.ModelProto, settings: VerifySettings, pr
     buckets = stage.profile.buckets
     with progress.stage("reference", f"outputs of the original model on {len(buckets)} bucket(s)"):
         cases = reference_cases([TensorSpec.from_dict(i) for i in inputs], [TensorSpec.from_dict(o) for o in outputs],
-                                buckets, source.reference, settings,
+                                buckets, source.reference, settings, directory,
                                 on_case=lambda b, d: progress.step(f"reference: bucket {b} {d}"))
     source.release()
     release_memory()
@@ -250,7 +252,7 @@ def compile_package(spec: str, out: Path, *, profile_path: Path | None = None,
 def _compile_source(spec: str, out: Path, weights_dir: Path, *, profile_path, export, optimize, calibration, build,
                     verify, progress) -> Manifest:
     source, raw = export_stage(spec, profile_path, export, progress, weights_dir=weights_dir)
-    cases = reference_stage(source, raw, verify, progress) if verify.enabled else None
+    cases = reference_stage(source, raw, verify, progress, weights_dir / "reference") if verify.enabled else None
     result = optimize_stage(raw, optimize, calibration, progress)
     del raw  # the passes built a new model; the exported one is not needed any more
     from trtcompile.onnx_io import release_memory

@@ -3,13 +3,17 @@
 The reference is PyTorch for torch sources and the original ONNX file for ONNX sources. Per bucket
 two shapes are checked (the bucket's opt and a max bounded in memory), so every bucket and both ends
 of the dynamic range are covered. compile computes the reference outputs right after export and
-frees the original model before the package's ONNX Runtime session opens. The errors are scaled: max abs error <= atol * max(1, max |reference|), so
-large-magnitude outputs (LM logits) are held to a relative bound and small ones to an absolute one.
+frees the original model before the package's ONNX Runtime session opens; the reference outputs
+wait on disk, and each output is compared and dropped in turn. The errors are scaled: max abs
+error <= atol * max(1, max |reference|), so large-magnitude outputs (LM logits) are held to a
+relative bound and small ones to an absolute one.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -135,6 +139,40 @@ def compare(actual: np.ndarray, expected: np.ndarray) -> dict:
     return {"max_abs": err, "cosine": float(cos), "scale": max(1.0, peak)}
 
 
+class OutputsOnDisk(Mapping):
+    """One case's reference outputs, written to .npy files at once and read back (memory-mapped)
+    one at a time when compared.
+
+    Why: compile keeps every case's reference from before the passes until the package's session
+    has run, and a static KV cache's outputs are the whole cache per layer (SmolLM2: 90 MiB per
+    case, 360 MiB for four); held in memory they were a fifth of the compile's peak."""
+
+    def __init__(self, directory: Path, outputs: dict[str, np.ndarray]):
+        directory.mkdir(parents=True, exist_ok=True)
+        self.directory = directory
+        self.names = list(outputs)
+        for index, name in enumerate(self.names):
+            np.save(self._file(index), np.ascontiguousarray(outputs[name]), allow_pickle=False)
+
+    def _file(self, index: int) -> Path:
+        return self.directory / f"{index}.npy"
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self.names:
+            raise KeyError(name)
+        # Mapped, not read: compare() walks it in chunks, and dropping it unmaps it.
+        return np.load(self._file(self.names.index(name)), mmap_mode="r", allow_pickle=False)
+
+    def __contains__(self, name) -> bool:  # Mapping's default would read the file to find out
+        return name in self.names
+
+    def __iter__(self):
+        return iter(self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
 @dataclass
 class ReferenceCase:
     """One case's reference outputs. Its inputs are drawn again from the seed when the package runs:
@@ -144,7 +182,7 @@ class ReferenceCase:
     dims: dict[str, int]
     inputs: list[TensorSpec]
     seed: int
-    expected: dict[str, np.ndarray]
+    expected: Mapping[str, np.ndarray]
 
     @property
     def feeds(self) -> dict[str, np.ndarray]:
@@ -152,15 +190,16 @@ class ReferenceCase:
 
 
 def reference_cases(inputs: list[TensorSpec], outputs: list[TensorSpec], buckets: list[Bucket], reference,
-                    settings, on_case=None) -> list[ReferenceCase]:
-    """The original model's outputs on every case, computed once, so the original model (PyTorch
-    weights, or the original ONNX's session) can be freed before the package's session opens."""
+                    settings, directory: Path, on_case=None) -> list[ReferenceCase]:
+    """The original model's outputs on every case, computed once and kept in files under
+    `directory` (OutputsOnDisk), so the original model (PyTorch weights, or the original ONNX's
+    session) can be freed before the package's session opens, and no case's outputs stay in memory."""
     cases = []
     for index, (bucket, dims) in enumerate(cases_for(buckets, outputs)):
         if on_case is not None:
             on_case(bucket, dims)
         case = ReferenceCase(bucket, dims, list(inputs), settings.seed + index, {})
-        case.expected = reference(case.feeds)
+        case.expected = OutputsOnDisk(Path(directory) / f"case{index}", reference(case.feeds))
         cases.append(case)
     return cases
 
@@ -170,26 +209,34 @@ def verify(model, reference, *, precision: str, settings, on_case=None,
     """Run `model` (a runtime Model) on every case and compare with the reference's outputs.
 
     `cases` are precomputed references (compile computes them before freeing the original model);
-    without them, `reference(feeds) -> outputs` is called per case.
+    without them, `reference(feeds) -> outputs` is called per case first, into a temporary directory.
     """
+    if cases is None:
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="trtcompile-reference-") as directory:
+            cases = reference_cases(model.inputs, model.outputs, model.buckets, reference, settings, Path(directory))
+            return _verify_cases(model, cases, precision, settings, on_case)
+    return _verify_cases(model, cases, precision, settings, on_case)
+
+
+def _verify_cases(model, cases: list[ReferenceCase], precision: str, settings, on_case) -> dict:
     atol, min_cos = settings.atol[precision], settings.min_cosine[precision]
     float_outputs = {o.name for o in model.outputs if o.dtype.startswith(("float", "bfloat"))}
-    if cases is None:
-        cases = reference_cases(model.inputs, model.outputs, model.buckets, reference, settings)
     results, passed = [], True
     for case in cases:
         if on_case is not None:
             on_case(case.bucket, case.dims)
         got = model.run(case.feeds)
         per_output = {}
-        for name in got:
+        for name in list(got):
+            actual = got.pop(name)  # each output freed once compared: a case's outputs are not held twice
             if name not in case.expected:
                 continue
-            stats = compare(got[name], case.expected[name])
+            stats = compare(actual, case.expected[name])
             ok = stats["max_abs"] <= atol * stats["scale"] and (name not in float_outputs or stats["cosine"] >= min_cos)
             per_output[name] = {**stats, "ok": ok}
             passed &= ok
-        del got
         results.append({"bucket": case.bucket, "dims": case.dims, "outputs": per_output})
     worst = {}
     for case in results:
