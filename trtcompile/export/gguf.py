@@ -28,10 +28,12 @@ def parsed_once(path: Path):
     views) takes seconds each time; its weight-name mapping rebuilds gguf's TensorNameMap once per
     submodule (~400 times for SmolLM2). Together ~2/3 of loading SmolLM2's GGUF. The reader is
     read-only (memory-mapped, mode 'r'), so sharing it changes nothing that transformers computes.
+    The shared reader also slices plain arrays instead of np.memmap (see _plain_array_reader).
     """
     import gguf
 
     original_reader, original_map = gguf.GGUFReader, gguf.get_tensor_name_map
+    fast_reader = _plain_array_reader(original_reader)
     shared: dict[str, object] = {}
     key = str(Path(path).resolve())
 
@@ -39,7 +41,7 @@ def parsed_once(path: Path):
         if mode != "r" or str(Path(file).resolve()) != key:
             return original_reader(file, mode)
         if key not in shared:
-            shared[key] = original_reader(file, mode)
+            shared[key] = fast_reader(file, mode)
         return shared[key]
 
     gguf.GGUFReader, gguf.get_tensor_name_map = shared_reader, functools.lru_cache(maxsize=None)(original_map)
@@ -47,6 +49,28 @@ def parsed_once(path: Path):
         yield
     finally:
         gguf.GGUFReader, gguf.get_tensor_name_map = original_reader, original_map
+
+
+def _plain_array_reader(reader_class):
+    """gguf's reader, slicing the file's bytes as a plain ndarray view of the same mapping.
+
+    Why: the reader cuts every metadata value (each of a vocabulary's tokens and merges) out of an
+    np.memmap, and every memmap slice runs memmap's Python-level __getitem__/__array_finalize__;
+    on a plain ndarray view the same slices are C-level. SmolLM2: the parse 3.1 s -> 1.1 s, and
+    transformers' reading of the parsed values 4.9 s -> 1.0 s. The bytes and the mapping are the
+    same (the view's base is the memmap, which keeps the file mapped)."""
+    import numpy as np
+
+    class PlainArrayReader(reader_class):
+        @property
+        def data(self):
+            return self._data
+
+        @data.setter
+        def data(self, value):  # the reader's __init__ assigns np.memmap(path) here
+            self._data = value.view(np.ndarray) if isinstance(value, np.memmap) else value
+
+    return PlainArrayReader
 
 
 def gguf_quantization(path: Path) -> dict:
