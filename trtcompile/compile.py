@@ -39,6 +39,9 @@ def export_stage(spec: str, profile_path: Path | None, settings: ExportSettings,
     opset = max(settings.opset, source.min_opset)  # a static KV cache needs opset 24 (TensorScatter)
     with progress.stage("export", f"opset {opset}, {'dynamo' if settings.dynamo else 'legacy'} exporter"):
         model = export_onnx(source, profile, settings, weights_dir=weights_dir)
+    # The example inputs were for tracing only; a static cache's are the whole cache per layer
+    # (SmolLM2: 180 MiB), which would otherwise stay through verification.
+    source.example_inputs = {}
     return source, model
 
 

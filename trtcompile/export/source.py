@@ -50,6 +50,7 @@ class Source:
     def release(self) -> None:
         """Drop the model (PyTorch weights, or the original ONNX's session) once references are computed."""
         self.module = None
+        self.example_inputs = {}
         self._ort = None
         self.fit_profile = None  # its closure holds the model too
         self.released = True

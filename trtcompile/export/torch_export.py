@@ -61,6 +61,7 @@ def export_module(source: Source, shapes: dict[str, list], settings: ExportSetti
                     optimize_exported(program.model)
                 model = program.model_proto if weights_dir is None else _save_lazy(program, weights_dir)
                 _drop_weights(program.model)
+                _forget_trace()
             else:
                 buffer = io.BytesIO()
                 torch.onnx.export(
@@ -104,6 +105,18 @@ def _drop_weights(ir_model) -> None:
     for obj in gc.get_objects():  # PyTorch's tensors, and numpy views of them the optimizer made
         if isinstance(obj, ir.Value) and obj.const_value is not None and obj.const_value.size >= 1024:
             obj.const_value = None
+
+def _forget_trace() -> None:
+    """Let the traced FX graph go once the ONNX model is out.
+
+    torch.export's make_fx tracer leaves a module-level map from fake tensors to the graph's nodes
+    (proxy_tensor._FAKE_TENSOR_ID_TO_PROXY_MAP_FOR_EXPORT), cleared only when the next trace
+    starts; until then it keeps the whole traced graph, its fake tensors and their shape
+    environment alive through every later stage of a compile."""
+    from torch.fx.experimental import proxy_tensor
+
+    getattr(proxy_tensor, "_FAKE_TENSOR_ID_TO_PROXY_MAP_FOR_EXPORT", {}).clear()
+
 
 def optimize_exported(model) -> None:
     """The dynamo exporter's own optimizer minus onnxscript's ~40 generic rewrite rules: constant
