@@ -158,10 +158,11 @@ def reference_stage(source, model: onnx.ModelProto, settings: VerifySettings, pr
 def verify_stage(package_dir: Path, reference, precision: str, settings: VerifySettings, progress: Progress,
                  backend: str = "onnxruntime", hint: str = COMPILE_HINT, cases: list | None = None) -> dict:
     from trtcompile import runtime
-    from trtcompile.verify import describe_failure, summary_line, verify
+    from trtcompile.verify import VERIFY_SESSION_CONFIG, describe_failure, summary_line, verify
 
+    options = {"config": VERIFY_SESSION_CONFIG} if backend == "onnxruntime" else {}
     with progress.stage("verify", f"against the original model ({backend})"):
-        with runtime.load(package_dir, backend=backend) as model:
+        with runtime.load(package_dir, backend=backend, **options) as model:
             from trtcompile.export.kv_cache import verification_precision
 
             precision = verification_precision(precision, model.manifest.data)
