@@ -2,13 +2,16 @@
 
 A mid-size Llama (55M parameters, a 211 MiB checkpoint, a 32000-token tied vocabulary) compiles in
 a subprocess (its own ru_maxrss). The goal is <= 3x the fp32 checkpoint above the import baseline.
-Measured 2026-11-29: 5.4x before weights stayed on disk; 2.8x since (export writes external data,
-passes read weights lazily, the exported IR no longer keeps PyTorch's weights alive, reference
-cases keep no inputs). The peak is now verification: ONNX Runtime's session (the weights once,
-plus its arena) on top of the reference outputs and what export left behind. The guard sits at
-3.5x so it does not flake on a loaded machine, and fails on any return of a second copy of the
-weights: PyTorch kept alive past the reference outputs (+1x), a whole-model protobuf in the
-passes or in saving, whole-tensor float64 comparisons.
+Measured 2026-11-29: 5.4x before weights stayed on disk; 2.8x once export wrote external data,
+passes read weights lazily, the exported IR no longer kept PyTorch's weights alive and reference
+cases kept no inputs; 2.1x since the reference outputs wait on disk, the example inputs and
+torch.export's traced graph are dropped after export, and the verifying ONNX Runtime session reads
+the weights in place from model.onnx.data (no prepacked or transposed copies). The peak is
+verification (the weights once, mapped, plus one case's inputs and outputs) or the reference
+(PyTorch's weights plus one case). The guard sits at 2.6x so it does not flake, and fails on any
+return of a second copy of the weights: PyTorch kept alive past the reference outputs (+1x), a
+whole-model protobuf in the passes or in saving, ONNX Runtime copying the weights, whole-tensor
+float64 comparisons.
 """
 
 from __future__ import annotations
@@ -36,8 +39,8 @@ def midsize_llama(directory: Path) -> Path:
     return directory
 
 
-GOAL = 3.0  # the issue's target: reached on this model (2.8x), with little room (see the module docstring)
-GUARD = 3.5
+GOAL = 3.0  # the issue's target: reached on this model (2.1x, see the module docstring)
+GUARD = 2.6
 
 
 @pytest.mark.slow
