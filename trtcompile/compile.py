@@ -42,6 +42,9 @@ def export_stage(spec: str, profile_path: Path | None, settings: ExportSettings,
     # The example inputs were for tracing only; a static cache's are the whole cache per layer
     # (SmolLM2: 180 MiB), which would otherwise stay through verification.
     source.example_inputs = {}
+    from trtcompile.onnx_io import release_memory
+
+    release_memory()  # what tracing and saving freed goes back before the reference runs on top
     return source, model
 
 
