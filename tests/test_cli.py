@@ -69,6 +69,9 @@ def test_weight_rounding_and_int4_gptq_options():
     assert defaults.weight_rounding == "gptq"
     ctx = cli.commands["compile"].make_context("compile", ["m", "-o", "o", "--precision", "int4", "--int4-method", "gptq"])
     assert calibration_settings(**ctx.params).int4_method == "gptq"
+    assert not defaults.fp8_lm_head  # FP8 keeps the LM head float unless asked
+    ctx = cli.commands["compile"].make_context("compile", ["m", "-o", "o", "--precision", "fp8", "--fp8-lm-head"])
+    assert calibration_settings(**ctx.params).fp8_lm_head
 
 
 def test_weight_rounding_only_for_int8_fp8(tmp_path):

@@ -38,6 +38,7 @@ def invoke(*args, input=None):
     (["--calibration-data", str(ROOT / "samples" / "calibration.txt")], 1,
      "--calibration-data applies only to --precision int8/fp8/int4, but the precision is fp32"),
     (["--accuracy-target", "0.99"], 1, "--accuracy-target applies only to --precision int8/fp8/int4"),
+    (["--precision", "int8", "--fp8-lm-head"], 1, "--fp8-lm-head applies only to --precision fp8, but the precision is int8"),
     (["--opset", "30"], 1, "--opset 30 is outside what the dynamo exporter writes here (18..24)"),
     (["--opset", "23", "--legacy-exporter"], 1, "--opset 23 is outside what the legacy exporter writes (7..20)"),
     (["--disable-pass", "fuse_atention"], 1, "--disable-pass 'fuse_atention' is not a pass (did you mean "

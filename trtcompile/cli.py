@@ -75,6 +75,8 @@ optimize_options = _options(
                  help="INT4: uint4 with zero points (ONNX Runtime only: TensorRT takes symmetric INT4)."),
     click.option("--int4-lm-head/--no-int4-lm-head", default=True, show_default=True,
                  help="INT4: quantize the LM head too."),
+    click.option("--fp8-lm-head/--no-fp8-lm-head", default=False, show_default=True,
+                 help="FP8: quantize the LM head too (default: it stays float, as in ModelOpt's FP8 recipe)."),
     click.option("--int4-activations", type=click.Choice(("fp16", "fp32")), default="fp16", show_default=True,
                  help="INT4: precision of activations and everything not an INT4 weight."),
 )
@@ -130,7 +132,7 @@ def optimize_settings(precision, disabled_passes, keep_io_fp32, **_):
 def calibration_settings(calibration_data, calibration_method, calibration_samples, smoothquant_alpha,
                          accuracy_target, int8_attention, exclude_nodes, float_precision, int4_method="awq",
                          int4_block_size="128", int4_asymmetric=False, int4_lm_head=True, int4_activations="fp16",
-                         weight_rounding="gptq", **_):
+                         weight_rounding="gptq", fp8_lm_head=False, **_):
     from trtcompile.settings import CalibrationSettings
 
     return CalibrationSettings(data=calibration_data, method=calibration_method, num_samples=calibration_samples,
@@ -139,7 +141,7 @@ def calibration_settings(calibration_data, calibration_method, calibration_sampl
                                float_precision=float_precision, int4_method=int4_method,
                                int4_block_size=int(int4_block_size), int4_symmetric=not int4_asymmetric,
                                int4_lm_head=int4_lm_head, int4_activations=int4_activations,
-                               weight_rounding=weight_rounding)
+                               weight_rounding=weight_rounding, fp8_lm_head=fp8_lm_head)
 
 
 def build_settings(opt_level, workspace_mib, timing_cache, hardware_compat, version_compatible,

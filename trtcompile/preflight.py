@@ -81,6 +81,9 @@ def check_calibration(precision: str, calibration: CalibrationSettings) -> None:
     defaults = CalibrationSettings()
     quantized = precision in ("int8", "fp8", "int4")  # calibration data, accuracy target, excluded nodes
     qdq = precision in ("int8", "fp8")                 # Q/DQ options (ranges, attention, float rest)
+    if calibration.fp8_lm_head and precision != "fp8":
+        raise UserError(f"--fp8-lm-head applies only to --precision fp8, but the precision is {precision}",
+                        hint="drop --fp8-lm-head (INT4's LM head: --int4-lm-head/--no-int4-lm-head)")
     if not quantized or precision == "int4":
         given = [opt for opt, set_ in (("--calibration-data", calibration.data is not None and not quantized),
                                        ("--accuracy-target", calibration.accuracy_target is not None and not quantized),

@@ -88,6 +88,10 @@ class CalibrationSettings:
     int4_symmetric: bool = True
     # Quantize the LM head (the largest single weight of a small LLM) too.
     int4_lm_head: bool = True
+    # FP8: quantize the LM head too. Off by default, as in ModelOpt's FP8 recipe (its default
+    # config disables every "*lm_head*" quantizer, and TensorRT-LLM quantizes through it): the
+    # head's rounding error lands on the logits directly.
+    fp8_lm_head: bool = False
     # Precision of everything that is not an INT4 weight: fp16 for TensorRT, fp32 for CPU speed.
     int4_activations: str = "fp16"
 

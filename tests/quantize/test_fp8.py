@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 from helpers import cosine, ort_run
-from one_matmul import one_matmul_model
+from one_matmul import one_matmul_model, tied_head_model
 from onnx import numpy_helper
 from tiny_onnx import export, token_feeds
 
@@ -71,3 +71,45 @@ def test_fp8_llm_accuracy_and_structure():
     for feed in ev:
         ref, got = next(iter(ort_run(model, feed).values())), next(iter(ort_run(q, feed).values()))
         assert cosine(got, ref) > 0.995
+
+
+def _tied_model():
+    rng = np.random.default_rng(4)
+    emb = rng.standard_normal((64, 32)).astype(np.float32)
+    w = rng.standard_normal((32, 32)).astype(np.float32) / 6
+    cal = [{"ids": rng.integers(0, 64, (2, 8)).astype(np.int64)} for _ in range(3)]
+    return tied_head_model(emb, w), emb, w, cal
+
+
+def test_fp8_keeps_the_lm_head_float_and_the_embedding_tied():
+    """Default: the body MatMul is FP8, the head reads the one float E through its Transpose (no copy);
+    --fp8-lm-head: the head is FP8 too, from a copy, and the Gather still reads the float E."""
+    model, emb, w, cal = _tied_model()
+    ctx = PassContext()
+    q = quantize_fp8(model, cal, CalibrationSettings(weight_rounding="nearest"), ctx)
+    assert [m["node"] for m in ctx.report.matched] == ["body"]
+    (head,) = [d for d in ctx.report.declined if d["node"] == "lm_head"]
+    assert "LM head kept float" in head["reason"]
+    graph = gs.import_onnx(q)
+    assert check_placement(graph, ["body"], FP8) == []
+    big = [t for t in q.graph.initializer if t.data_type == onnx.TensorProto.FLOAT and len(t.dims) == 2]
+    assert [t.name for t in big] == ["E"]  # one float copy of the tied weight, nothing materialized
+    lm = next(n for n in graph.nodes if n.name == "lm_head")
+    assert lm.inputs[1].inputs[0].op == "Transpose" and lm.inputs[1].inputs[0].inputs[0].name == "E"
+
+    ids = cal[0]["ids"]
+    x = emb[ids]
+    x_scale = max(float(np.abs(emb[f["ids"]]).max()) for f in cal) / 448
+    x_q = np.clip(x / x_scale, -448, 448).astype(ml_dtypes.float8_e4m3fn).astype(np.float32) * x_scale
+    w_scale = np.abs(w).max(axis=0) / 448
+    w_q = (w / w_scale).astype(ml_dtypes.float8_e4m3fn).astype(np.float32) * w_scale
+    expected = (x_q.astype(np.float64) @ w_q) @ emb.T.astype(np.float64)  # head in float
+    np.testing.assert_allclose(ort_run(q, {"ids": ids})["logits"], expected, rtol=1e-4, atol=1e-4)
+
+    ctx = PassContext()
+    q = quantize_fp8(model, cal, CalibrationSettings(weight_rounding="nearest", fp8_lm_head=True), ctx)
+    assert sorted(m["node"] for m in ctx.report.matched) == ["body", "lm_head"]
+    assert check_placement(gs.import_onnx(q), ["body", "lm_head"], FP8) == []
+    gather = next(n for n in q.graph.node if n.op_type == "Gather")
+    np.testing.assert_array_equal(numpy_helper.to_array(next(t for t in q.graph.initializer
+                                                             if t.name == gather.input[0])), emb)

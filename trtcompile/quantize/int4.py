@@ -34,12 +34,12 @@ import onnx_graphsurgeon as gs
 from trtcompile.errors import UserError
 from trtcompile.onnx_io import to_graph
 from trtcompile.graph.context import PassContext
+from trtcompile.quantize.qdq import lm_head as lm_head_node
 from trtcompile.settings import CalibrationSettings
 
 log = logging.getLogger("trtcompile.quantize")
 INT4_METHODS = ("awq", "rtn", "gptq")
 _AWQ_ROWS = 256  # activation rows per tensor for the scale and clip searches
-_PASSTHROUGH = {"Reshape", "Cast", "Identity", "Squeeze", "Unsqueeze", "Slice", "Gather", "Transpose", "Flatten"}
 
 
 def quantize_int4(model: onnx.ModelProto, calibration: list[dict[str, np.ndarray]] | None,
@@ -61,7 +61,7 @@ def quantize_int4(model: onnx.ModelProto, calibration: list[dict[str, np.ndarray
     gemms = _gemms_to_matmuls(graph)
     if gemms:
         report.note(f"{gemms} Gemm(s) rewritten as MatMul (+ Add): MatMulNBits and the INT4 GEMM take MatMul")
-    lm_head = _lm_head(graph)
+    lm_head = lm_head_node(graph)
     targets = []
     for t in find_targets(graph, None):
         if t.weight is None:
@@ -275,21 +275,6 @@ def _gemms_to_matmuls(graph: gs.Graph) -> int:
         count += 1
     graph.cleanup().toposort()
     return count
-
-
-def _lm_head(graph: gs.Graph) -> str | None:
-    """The MatMul whose output reaches the logits output through reshapes/casts only."""
-    outputs = [o for o in graph.outputs if "logit" in o.name] or graph.outputs[:1]
-    for out in outputs:
-        tensor, hops = out, 0
-        while tensor.inputs and hops < 8:
-            producer = tensor.inputs[0]
-            if producer.op == "MatMul":
-                return producer.name
-            if producer.op not in _PASSTHROUGH and producer.op != "Add":
-                break
-            tensor, hops = producer.inputs[0], hops + 1
-    return None
 
 
 def _collect(collect, model, tensors, feeds, gram: bool = False):

@@ -42,7 +42,7 @@ def quantize_int8(model: onnx.ModelProto, calibration: list[dict[str, np.ndarray
     from trtcompile.graph.types import with_types
     from trtcompile.quantize.accuracy import compare, run_all
     from trtcompile.quantize.calibrate import collect
-    from trtcompile.quantize.qdq import INT8, find_targets, insert_qdq
+    from trtcompile.quantize.qdq import INT8, find_targets, insert_qdq, lm_head
     from trtcompile.quantize.ranges import activation_amax
     from trtcompile.quantize.smoothquant import smooth
 
@@ -50,8 +50,12 @@ def quantize_int8(model: onnx.ModelProto, calibration: list[dict[str, np.ndarray
     label = fmt.name.upper()
     report = step_report(ctx, f"quantize_{fmt.name}", model)
     _check_settings(settings)
-    graph = prepared_graph(model, calibration, evaluation, settings, report)
-    targets = find_targets(graph, report, settings.int8_attention)
+    language_model = _is_language_model(ctx, model)
+    float_head = fmt is not INT8 and language_model and not settings.fp8_lm_head
+    graph = prepared_graph(model, calibration, evaluation, settings, report, float_lm_head=float_head)
+    head = lm_head(graph) if float_head else None
+    keep_float = {head: "LM head kept float (as in ModelOpt's FP8 recipe; --fp8-lm-head quantizes it)"} if head else {}
+    targets = find_targets(graph, report, settings.int8_attention, keep_float)
     excluded = [t for t in targets if t.node in settings.exclude_nodes]
     for t in excluded:
         report.decline(t.node, "excluded by the user (exclude_nodes): kept FP32", op=t.op)
@@ -96,7 +100,6 @@ def quantize_int8(model: onnx.ModelProto, calibration: list[dict[str, np.ndarray
     if evaluation is None:
         report.note("accuracy measured on the calibration data (no held-out evaluation data given)")
     reference = run_all(ort_session(_copy(model)), eval_feeds)
-    language_model = _is_language_model(ctx, model)
 
     def build(subset) -> onnx.ModelProto:
         return _export(insert_qdq(to_graph(fp32_model), subset, amax, fmt, rounded))
@@ -185,18 +188,19 @@ def quantize_int8(model: onnx.ModelProto, calibration: list[dict[str, np.ndarray
 
 
 def prepared_graph(model: onnx.ModelProto, calibration, evaluation, settings: CalibrationSettings,
-                   report: PassReport) -> gs.Graph:
+                   report: PassReport, float_lm_head: bool = False) -> gs.Graph:
     """The graph to quantize, once the feeds are checked against the model: typed, and with a tied
-    embedding's Transpose(constant) weight made a constant of its own (so it can be quantized)."""
+    embedding's Transpose(constant) weight made a constant of its own (so it can be quantized),
+    unless it is the LM head and that stays float (then the embedding stays one initializer)."""
     from trtcompile.graph.types import with_types
-    from trtcompile.quantize.qdq import materialize_transposed_weights
+    from trtcompile.quantize.qdq import lm_head, materialize_transposed_weights
 
     if calibration is not None:
         _check_feeds(model, calibration, "calibration data", settings)
     if evaluation is not None:
         _check_feeds(model, evaluation, "evaluation data", settings)
     graph = with_types(to_graph(model))
-    tied = materialize_transposed_weights(graph)
+    tied = materialize_transposed_weights(graph, skip={lm_head(graph)} if float_lm_head else ())
     if tied:
         report.note(f"{tied} read their weight as Transpose(constant) (a tied embedding): quantized from a copy")
     return graph

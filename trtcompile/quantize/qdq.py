@@ -69,9 +69,12 @@ class Target:
     weight_index: int | None  # which input of the node is the weight
 
 
-def find_targets(graph: gs.Graph, report=None, int8_attention: bool = False) -> list[Target]:
-    """Every MatMul/Gemm TensorRT can run in INT8; declines (with reasons) go to `report`."""
+def find_targets(graph: gs.Graph, report=None, int8_attention: bool = False,
+                 keep_float: dict[str, str] | None = None) -> list[Target]:
+    """Every MatMul/Gemm TensorRT can run in INT8; declines (with reasons) go to `report`.
+    `keep_float` names nodes to leave alone, with the reason to report."""
     targets = []
+    keep_float = keep_float or {}
     for node in graph.nodes:
         if node.op == "Attention" and int8_attention and report is not None:
             report.decline(node.name, "fused Attention stays float: TensorRT's IAttention takes "
@@ -84,6 +87,10 @@ def find_targets(graph: gs.Graph, report=None, int8_attention: bool = False) -> 
         def decline(reason):
             if report is not None:
                 report.decline(node.name, reason, op=node.op)
+
+        if node.name in keep_float:
+            decline(keep_float[node.name])
+            continue
 
         if _float_var(a) and isinstance(b, gs.Constant):
             w = np.asarray(b.values)
@@ -103,6 +110,26 @@ def find_targets(graph: gs.Graph, report=None, int8_attention: bool = False) -> 
         else:
             decline("weight is not a constant initializer (fold constants first) or inputs are not FP32")
     return targets
+
+
+# Ops between the LM head's MatMul and the logits output that change no values.
+_PASSTHROUGH = {"Reshape", "Cast", "Identity", "Squeeze", "Unsqueeze", "Slice", "Gather", "Transpose", "Flatten"}
+
+
+def lm_head(graph: gs.Graph) -> str | None:
+    """The MatMul whose output reaches the logits output through reshapes/casts (and a bias Add)
+    only: a language model's head, which INT4 and FP8 may keep float."""
+    outputs = [o for o in graph.outputs if "logit" in o.name] or graph.outputs[:1]
+    for out in outputs:
+        tensor, hops = out, 0
+        while tensor.inputs and hops < 8:
+            producer = tensor.inputs[0]
+            if producer.op == "MatMul":
+                return producer.name
+            if producer.op not in _PASSTHROUGH and producer.op != "Add":
+                break
+            tensor, hops = producer.inputs[0], hops + 1
+    return None
 
 
 def _float_var(t) -> bool:
@@ -217,13 +244,14 @@ def check_placement(graph: gs.Graph, node_names: list[str], fmt: QFormat = INT8)
     return problems
 
 
-def materialize_transposed_weights(graph: gs.Graph) -> list[str]:
+def materialize_transposed_weights(graph: gs.Graph, skip=()) -> list[str]:
     """MatMul/Gemm weights read as Transpose(constant) -- a tied LM head reads the embedding that
     way, so the embedding stays one initializer -- become constants of their own, so the weight
-    can be quantized (the embedding's Gather keeps the float original). Returns the node names."""
+    can be quantized (the embedding's Gather keeps the float original). Nodes in `skip` (a head
+    that stays float) keep reading the shared one. Returns the node names."""
     done = []
     for node in graph.nodes:
-        if node.op not in ("MatMul", "Gemm") or len(node.inputs) < 2:
+        if node.op not in ("MatMul", "Gemm") or len(node.inputs) < 2 or node.name in skip:
             continue
         w = node.inputs[1]
         if not (isinstance(w, gs.Variable) and len(w.inputs) == 1 and w.inputs[0].op == "Transpose"):
