@@ -113,8 +113,12 @@ VARIANTS = {
     "int4 AWQ b32 sym": ("int4", {"int4_method": "awq", "int4_block_size": 32}),
     "int4 AWQ+GPTQ b32 sym": ("int4", {"int4_method": "gptq", "int4_block_size": 32}),
     "int4 RTN b32 asym (GGUF-like)": ("int4", {"int4_method": "rtn", "int4_block_size": 32, "int4_symmetric": False}),
-    "fp8": ("fp8", {}),  # GPTQ-rounded weights (the default)
+    "fp8": ("fp8", {}),  # GPTQ-rounded weights, LM head float (the defaults)
     "fp8 nearest": ("fp8", {"weight_rounding": "nearest"}),
+    "fp8, fp8 lm_head": ("fp8", {"fp8_lm_head": True}),
+    # The gate: the most sensitive MatMuls stay float until top-1 agreement on the calibration
+    # text's held-out quarter (what `compile` gives it) reaches 0.99.
+    "fp8, target 0.99": ("fp8", {"accuracy_target": 0.99}),
 }
 
 
@@ -134,7 +138,7 @@ def _our_rows(args, work: Path) -> tuple[dict, dict]:
     calibration = CalibrationSettings(data=SAMPLES / "calibration.txt", int4_activations="fp32")
     from trtcompile.quantize.step import calibration_feeds
 
-    cal_feeds, _ = calibration_feeds(meta, replace(calibration, num_samples=64))
+    cal_feeds, cal_held_out = calibration_feeds(meta, replace(calibration, num_samples=64))
     info = {"eval": evaluation, "eval_tokens": int(sum(f["attention_mask"].sum() for f in evaluation)),
             "accuracy_level": ort_backend.MATMULNBITS_ACCURACY_LEVEL, "tokenizer": meta["source"].get("tokenizer_dir")}
     rows = {}
@@ -147,8 +151,10 @@ def _our_rows(args, work: Path) -> tuple[dict, dict]:
                               f"{overrides['accuracy_level']}", "accuracy_level": overrides["accuracy_level"]}
             continue
         t = time.perf_counter()
-        # The quantizer's own gate sees one held-out row (its report); the table is measured below.
-        model, note = _apply(fused, precision, replace(calibration, **overrides), cal_feeds, evaluation[:1])
+        # The quantizer's own gate sees one held-out row (its report), or with a target the
+        # calibration text's held-out quarter, as in `compile`; the table is measured below.
+        gate_feeds = cal_held_out if overrides.get("accuracy_target") else evaluation[:1]
+        model, note = _apply(fused, precision, replace(calibration, **overrides), cal_feeds, gate_feeds)
         seconds = time.perf_counter() - t
         out = work / name.replace(" ", "_").replace(",", "").replace("(", "").replace(")", "")
         package_stage(model, out, reports=[], warnings=[], build=BuildSettings(), progress=progress)

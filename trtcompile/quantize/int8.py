@@ -31,6 +31,7 @@ from trtcompile.settings import CALIBRATION_METHODS, WEIGHT_ROUNDINGS, Calibrati
 log = logging.getLogger("trtcompile.quantize")
 _SENSITIVITY_BATCHES = 8
 _GREEDY_POOL = 8  # candidates the greedy fallback search tries at each step
+_GREEDY_EVALUATIONS = 96  # at most this many subsets measured by the greedy search
 _AUTO_ROWS = 2048  # activation rows kept per tensor for SmoothQuant's alpha search
 
 
@@ -104,15 +105,21 @@ def quantize_int8(model: onnx.ModelProto, calibration: list[dict[str, np.ndarray
     def build(subset) -> onnx.ModelProto:
         return _export(insert_qdq(to_graph(fp32_model), subset, amax, fmt, rounded))
 
+    switchable = None  # the gate's one session for every subset, once it searches
+
     def measure(subset, feeds=eval_feeds, ref=reference) -> dict:
-        return compare(ref, run_all(ort_session(build(subset)), feeds), feeds, language_model)
+        session = switchable.select(subset) if switchable is not None else ort_session(build(subset))
+        return compare(ref, run_all(session, feeds), feeds, language_model)
 
     accuracy = measure(targets)
     quantized, kept_reason = list(targets), {}
     target = settings.accuracy_target
     if target is not None and accuracy["score"] < target:
+        from trtcompile.quantize.switchable import SwitchableSession
+
         log.info(label + " %s %.5f below target %.5f: ranking layers by sensitivity",
                  accuracy["metric"], accuracy["score"], target)
+        switchable = SwitchableSession(to_graph(fp32_model), targets, amax, fmt, rounded)
         few = eval_feeds[:_SENSITIVITY_BATCHES]
         few_ref = reference[:_SENSITIVITY_BATCHES]
         sensitivity = {}
@@ -150,11 +157,13 @@ def quantize_int8(model: onnx.ModelProto, calibration: list[dict[str, np.ndarray
         evaluations = len(tries) + n
         if hi > 1:
             # Layers interact: a different, smaller set may do. Greedy, among the most sensitive.
-            fewer = _greedy_fallback(targets, order[:max(_GREEDY_POOL, 2 * hi)], hi - 1, target, measure)
+            pool = order[:min(max(_GREEDY_POOL, 2 * hi), 2 * _GREEDY_POOL)]
+            fewer = _greedy_fallback(targets, pool, hi - 1, target, measure)
             evaluations += fewer[2]
             if fewer[0] is not None:
                 kept, accuracy, how = fewer[0], fewer[1], "greedy, each step the layer that helps most"
         quantized = [t for t in targets if t not in kept]
+        switchable = None  # its float and quantized weights side by side: free them before the final build
         for t in kept:
             kept_reason[t.node] = (f"kept {settings.float_precision.upper()}: {how} (1 - cosine alone {sensitivity[t.node][1]:.3g}) "
                                    f"until {accuracy['metric']} >= {target}")
@@ -212,6 +221,8 @@ def _greedy_fallback(targets, pool, budget: int, target: float, measure):
     kept: list = []
     evaluations = 0
     for _ in range(budget):
+        if evaluations + len(pool) > _GREEDY_EVALUATIONS:
+            break  # hundreds of MatMuls (an LLM): bisection's set stands
         best = None
         for candidate in pool:
             if candidate in kept:
