@@ -47,3 +47,16 @@ def test_top1_agreement_and_last_position_logits():
     result = compare([[ref]], [[cand]], [feed], language_model=True)
     assert result["top1_agreement"] == 0.5 and result["score"] == 0.5
     assert result["perplexity_tokens"] == 1  # position 3 predicts token 1; position 4 has no next
+
+
+def test_kl_of_the_next_token_distribution_skips_padding():
+    # Position 0: FP32 (0.5, 0.5) against (0.75, 0.25): KL = 0.5 ln(0.5/0.75) + 0.5 ln(0.5/0.25).
+    # Position 1: equal. Position 2 is padding: its wildly different logits must not count.
+    ref = np.zeros((1, 3, 2), np.float32)
+    cand = ref.copy()
+    cand[0, 0, 0] = np.log(3.0)
+    cand[0, 2, 0] = 50.0
+    result = compare([[ref]], [[cand]], [_feed([[1, 0, 1]], [[1, 1, 0]])], language_model=True)
+    expected = (0.5 * np.log(0.5 / 0.75) + 0.5 * np.log(0.5 / 0.25)) / 2  # mean over the 2 real tokens
+    np.testing.assert_allclose(result["kl"], expected, rtol=1e-6)  # float32 ln 3
+    assert compare([[ref]], [[ref]], [_feed([[1, 0, 1]])], language_model=True)["kl"] == 0.0

@@ -4,8 +4,10 @@ Embeddings (encoders): cosine of mean-pooled sentence embeddings (mask-aware) pe
 and worst, plus max abs error of the raw outputs. Language models (a float output whose last axis
 is the vocabulary, or `is_decoder`): top-1 agreement with the FP32 model over real tokens, the
 perplexity of both on the text itself (each position predicting the next real token), and max
-logit error. `score` is the number compared with the accuracy target: mean cosine, or top-1
-agreement.
+logit error, and the mean KL divergence of the next-token distribution from FP32's (`kl`: a
+continuous measure, where top-1 over a few hundred tokens cannot tell one quantized layer from
+another; the gate ranks LM layers by it). `score` is the number compared with the accuracy
+target: mean cosine, or top-1 agreement.
 
 Logits may cover every position or only the last few (a generation graph that computes
 last-position logits): they are aligned with the last positions of `input_ids`.
@@ -24,7 +26,7 @@ def run_all(session, feeds: list[dict[str, np.ndarray]]) -> list[list[np.ndarray
 def compare(reference: list[list[np.ndarray]], candidate: list[list[np.ndarray]],
             feeds: list[dict[str, np.ndarray]], language_model: bool) -> dict:
     cosines, top1_hits, top1_total, max_abs = [], 0, 0, 0.0
-    nll_ref = nll_cand = 0.0
+    nll_ref = nll_cand = kl = 0.0
     nll_count = 0
     for ref_outs, cand_outs, feed in zip(reference, candidate, feeds):
         ref, cand = np.asarray(ref_outs[0], np.float64), np.asarray(cand_outs[0], np.float64)
@@ -36,6 +38,7 @@ def compare(reference: list[list[np.ndarray]], candidate: list[list[np.ndarray]]
                 agree = agree[mask.astype(bool)]
             top1_hits += int(agree.sum())
             top1_total += int(agree.size)
+            kl += _kl_sum(ref_outs[0], cand_outs[0], mask)
             labels = _next_tokens(feed, ref.shape[:2])
             if labels is not None:
                 ids, valid = labels
@@ -49,6 +52,7 @@ def compare(reference: list[list[np.ndarray]], candidate: list[list[np.ndarray]]
     if language_model:
         result["top1_agreement"] = top1_hits / max(top1_total, 1)
         result["metric"], result["score"] = "top1_agreement", result["top1_agreement"]
+        result["kl"] = kl / max(top1_total, 1)
         if nll_count:
             result["perplexity"] = float(np.exp(nll_cand / nll_count))
             result["perplexity_fp32"] = float(np.exp(nll_ref / nll_count))
@@ -91,6 +95,26 @@ def _nll(logits: np.ndarray, ids: np.ndarray, valid: np.ndarray) -> float:
         lse = peak[:, 0] + np.log(np.exp(rows - peak).sum(axis=1))
         total += float((lse - rows[np.arange(pos.size), ids[b, pos]]).sum())
     return total
+
+
+def _kl_sum(ref: np.ndarray, cand: np.ndarray, mask: np.ndarray | None) -> float:
+    """Sum over positions (real tokens where `mask` says) of KL(softmax(ref) || softmax(cand))."""
+    ref = np.asarray(ref, np.float64).reshape(-1, ref.shape[-1])
+    cand = np.asarray(cand, np.float64).reshape(-1, cand.shape[-1])
+    if mask is not None:
+        keep = np.asarray(mask).reshape(-1).astype(bool)
+        ref, cand = ref[keep], cand[keep]
+    total = 0.0
+    for r, c in zip(np.array_split(ref, max(1, len(ref) // 64)), np.array_split(cand, max(1, len(cand) // 64))):
+        log_p = r - _logsumexp(r)
+        log_q = c - _logsumexp(c)
+        total += float((np.exp(log_p) * (log_p - log_q)).sum())
+    return total
+
+
+def _logsumexp(rows: np.ndarray) -> np.ndarray:
+    peak = rows.max(axis=1, keepdims=True)
+    return peak + np.log(np.exp(rows - peak).sum(axis=1, keepdims=True))
 
 
 def pooled(output: np.ndarray, mask: np.ndarray | None) -> np.ndarray:

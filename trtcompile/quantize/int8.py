@@ -125,9 +125,13 @@ def quantize_int8(model: onnx.ModelProto, calibration: list[dict[str, np.ndarray
         sensitivity = {}
         for t in targets:
             alone = measure([t], few, few_ref)
-            sensitivity[t.node] = (1.0 - alone["score"], 1.0 - alone["cosine_mean"], alone["max_abs"])
+            # LMs: KL of the next-token distribution first (top-1 over a few hundred held-out
+            # tokens rarely moves for one layer); encoders: the score, then the cosine.
+            sensitivity[t.node] = ((alone["kl"], 1.0 - alone["score"]) if language_model else
+                                   (1.0 - alone["score"], 1.0 - alone["cosine_mean"], alone["max_abs"]))
         order = sorted(targets, key=lambda t: sensitivity[t.node], reverse=True)
-        report.extra["sensitivity"] = {t.node: round(sensitivity[t.node][1], 8) for t in order}
+        what = "KL alone" if language_model else "1 - cosine alone"
+        report.extra["sensitivity"] = {t.node: round(sensitivity[t.node][0 if language_model else 1], 8) for t in order}
         tries = {0: accuracy}
 
         def ok(k: int) -> bool:
@@ -165,7 +169,7 @@ def quantize_int8(model: onnx.ModelProto, calibration: list[dict[str, np.ndarray
         quantized = [t for t in targets if t not in kept]
         switchable = None  # its float and quantized weights side by side: free them before the final build
         for t in kept:
-            kept_reason[t.node] = (f"kept {settings.float_precision.upper()}: {how} (1 - cosine alone {sensitivity[t.node][1]:.3g}) "
+            kept_reason[t.node] = (f"kept {settings.float_precision.upper()}: {how} ({what} {sensitivity[t.node][0 if language_model else 1]:.3g}) "
                                    f"until {accuracy['metric']} >= {target}")
         report.note(f"fallback: {len(kept)} of {n} MatMuls kept {settings.float_precision.upper()} to reach {accuracy['metric']} "
                     f"{accuracy['score']:.5f} >= {target} ({evaluations} evaluations)")
@@ -230,7 +234,7 @@ def _greedy_fallback(targets, pool, budget: int, target: float, measure):
             trial = kept + [candidate]
             accuracy = measure([t for t in targets if t not in trial])
             evaluations += 1
-            if best is None or accuracy["score"] > best[1]["score"]:
+            if best is None or _rank(accuracy) > _rank(best[1]):
                 best = (trial, accuracy)
         if best is None:
             break
@@ -238,6 +242,11 @@ def _greedy_fallback(targets, pool, budget: int, target: float, measure):
         if best[1]["score"] >= target:
             return kept, best[1], evaluations
     return None, None, evaluations
+
+
+def _rank(accuracy: dict) -> tuple:
+    """Higher is better: the score, then (LMs, where top-1 ties are common) the lower KL."""
+    return accuracy["score"], -accuracy.get("kl", 0.0)
 
 
 def _gptq_weights(graph: gs.Graph, targets, stats: dict, fmt, report: PassReport) -> dict:
