@@ -7,6 +7,8 @@ weight ints read back from the graph times their per-channel scales; exact up to
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import ml_dtypes
 import numpy as np
 import onnx
@@ -113,3 +115,32 @@ def test_fp8_keeps_the_lm_head_float_and_the_embedding_tied():
     gather = next(n for n in q.graph.node if n.op_type == "Gather")
     np.testing.assert_array_equal(numpy_helper.to_array(next(t for t in q.graph.initializer
                                                              if t.name == gather.input[0])), emb)
+
+
+def test_fp8_gate_on_a_language_model_ranks_by_kl_and_keeps_the_sensitive_layer():
+    """Token 5 carries a 3e4 outlier channel, so the body's per-tensor FP8 input scale flushes every
+    other token's activations to zero; the body maps that channel to ~0, so the head's input is
+    tame. With the head in FP8 too (--fp8-lm-head), the gate must keep the body float, rank it
+    first by KL, and the kept graph's top-1 (measured here, against the FP32 model) meet the target."""
+    rng = np.random.default_rng(4)
+    emb = rng.standard_normal((64, 32)).astype(np.float32)
+    emb[5, 7] = 3e4
+    w = rng.standard_normal((32, 32)).astype(np.float32) / 6
+    w[7, :] = 1e-5
+    model = tied_head_model(emb, w)
+    cal = [{"ids": np.concatenate([[[5]], rng.integers(0, 64, (1, 15))], axis=1).astype(np.int64)} for _ in range(3)]
+    ev = [{"ids": rng.integers(0, 64, (1, 32)).astype(np.int64)} for _ in range(4)]
+    settings = CalibrationSettings(fp8_lm_head=True, weight_rounding="nearest")
+    ctx = PassContext()
+    quantize_fp8(model, cal, settings, ctx, evaluation=ev)
+    assert ctx.report.extra["accuracy"]["score"] < 0.95, "the planted outlier no longer hurts: the test tests nothing"
+    ctx = PassContext()
+    q = quantize_fp8(model, cal, replace(settings, accuracy_target=0.95), ctx, evaluation=ev)
+    assert [m["node"] for m in ctx.report.matched] == ["lm_head"]
+    (body,) = ctx.report.declined
+    assert body["node"] == "body" and "KL alone" in body["reason"]
+    sensitivity = ctx.report.extra["sensitivity"]
+    assert list(sensitivity) == ["body", "lm_head"] and sensitivity["body"] > 100 * sensitivity["lm_head"]
+    agree = [ort_run(q, f)["logits"].argmax(-1) == ort_run(model, f)["logits"].argmax(-1) for f in ev]
+    top1 = float(np.mean(np.concatenate([a.ravel() for a in agree])))
+    assert top1 >= 0.95 and top1 == ctx.report.extra["accuracy"]["score"]
