@@ -100,6 +100,7 @@ def quantize_int8(model: onnx.ModelProto, calibration: list[dict[str, np.ndarray
         amax = {n: activation_amax(s["hist"], settings.method, settings.percentile) for n, s in stats.items()}
 
     rounded = _gptq_weights(to_graph(fp32_model), targets, stats, fmt, report) if gptq else None
+    del stats  # the Gram matrices (a GB on SmolLM2) are done with before the gate's sessions
 
     eval_feeds = evaluation if evaluation is not None else calibration
     if evaluation is None:
