@@ -229,3 +229,52 @@ def test_library_callers_get_the_accuracy_target_checked(target):
     model = one_matmul_model(np.ones((64, 8), np.float32))
     with pytest.raises(UserError, match=r"accuracy target .* is outside \(0, 1\]"):
         quantize_int4(model, None, CalibrationSettings(int4_method="rtn", accuracy_target=target), PassContext())
+
+
+def _joined_swiglu_model(k: int = 64, f: int = 128):
+    """The MLP as fuse_parallel_matmuls leaves it; AWQ's 1/s for the down projection goes into the
+    up columns of the joined weight (before: an extra Mul per layer in front of down_proj).
+
+        x ── LayerNorm ── MatMul([W_gate | W_up]) ── Split(f, f) ── gate ── Sigmoid ─┐
+                                                                   │         └──────── Mul ── silu ─┐
+                                                                   └── up ──────────────────────── Mul ── MatMul(W_down) ── y
+    """
+    rng = np.random.default_rng(3)
+    joined = rng.standard_normal((k, 2 * f)).astype(np.float32) * 0.2
+    joined[:, f + np.array([5, 50, 99])] *= 15.0  # outlier channels of `up`, so of down's input
+    down = rng.standard_normal((f, k)).astype(np.float32) * 0.05
+    nodes = [helper.make_node("LayerNormalization", ["x", "gamma", "beta"], ["n"], axis=-1, name="ln"),
+             helper.make_node("MatMul", ["n", "w_joined"], ["gu"], name="gate_up_joined"),
+             helper.make_node("Split", ["gu", "widths"], ["gate", "up"], axis=-1, name="gate_up_split"),
+             helper.make_node("Sigmoid", ["gate"], ["sig"], name="sigmoid"),
+             helper.make_node("Mul", ["gate", "sig"], ["silu"], name="silu"),
+             helper.make_node("Mul", ["silu", "up"], ["h"], name="swiglu"),
+             helper.make_node("MatMul", ["h", "w_down"], ["y"], name="down_proj")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["b", "s", k])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["b", "s", k])],
+                              [numpy_helper.from_array(joined, "w_joined"), numpy_helper.from_array(down, "w_down"),
+                               numpy_helper.from_array(np.array([f, f], np.int64), "widths"),
+                               numpy_helper.from_array(np.ones(k, np.float32), "gamma"),
+                               numpy_helper.from_array(np.zeros(k, np.float32), "beta")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    model.ir_version = 10
+    feeds = [{"x": rng.standard_normal((2, 32, k)).astype(np.float32)} for _ in range(6)]
+    return model, feeds[:4], feeds[4:]
+
+
+def test_awq_folds_through_the_joined_gate_up_split():
+    model, cal, ev = _joined_swiglu_model()
+    errors = {}
+    for method in ("rtn", "awq"):
+        ctx = PassContext()
+        q = quantize_int4(model, cal, CalibrationSettings(int4_method=method, int4_block_size=32,
+                                                          int4_activations="fp32"), ctx, evaluation=ev)
+        check_graph(gs.import_onnx(q))
+        errors[method] = max(np.linalg.norm(ort_run(q, f)["y"] - ort_run(model, f)["y"]) / np.linalg.norm(ort_run(model, f)["y"])
+                             for f in ev)
+    assert [n.op_type for n in q.graph.node].count("Mul") == 2  # silu's and SwiGLU's: no Mul(1/s) added
+    assert any("folded into the columns of 'gate_up_joined'" in note for note in ctx.report.notes), ctx.report.notes
+    down = next(m for m in ctx.report.matched if m["node"] == "down_proj")
+    assert down.get("awq_scaled") and down["error"] < down["error_rtn"]
+    # A fold into the wrong columns (gate's, or all of them) would not leave AWQ below RTN's error.
+    assert errors["awq"] < 0.8 * errors["rtn"], errors

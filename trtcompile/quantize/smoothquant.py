@@ -130,11 +130,18 @@ def _fold_inverse(graph: gs.Graph, x: gs.Variable, group: list[Target], nodes, i
 
 
 def _linear_producer(t):
-    """(MatMul, bias Add or None) when `t` is only read by one node and is MatMul(h, constant W),
-    optionally plus a constant bias: then scaling W's columns (and the bias) scales `t`."""
+    """(MatMul, bias Add or None, columns) when `t` is only read by one node and is MatMul(h, constant
+    W), optionally plus a constant bias, or one output of the Split that fuse_parallel_matmuls puts
+    after a joined MatMul: then scaling those columns of W (and the bias) scales `t` alone."""
     if not isinstance(t, gs.Variable) or len(t.outputs) != 1 or not t.inputs:
         return None
-    node, add = t.inputs[0], None
+    node, add, columns = t.inputs[0], None, None
+    if node.op == "Split":
+        columns = _split_columns(node, t)
+        source = node.inputs[0]
+        if columns is None or len(source.outputs) != 1 or not source.inputs:
+            return None
+        node = source.inputs[0]
     if node.op == "Add":
         const = [i for i in node.inputs if isinstance(i, gs.Constant)]
         var = [i for i in node.inputs if isinstance(i, gs.Variable)]
@@ -143,15 +150,32 @@ def _linear_producer(t):
         add, node = node, var[0].inputs[0]
     if node.op != "MatMul" or not isinstance(node.inputs[1], gs.Constant) or node.inputs[1].values.ndim != 2:
         return None
-    return node, add
+    return node, add, columns
+
+
+def _split_columns(split: gs.Node, t) -> slice | None:
+    """The columns of the Split's input that its output `t` holds (a last-axis Split with constant widths)."""
+    if len(split.inputs) < 2 or not isinstance(split.inputs[1], gs.Constant):
+        return None
+    rank = len(split.inputs[0].shape) if split.inputs[0].shape is not None else None
+    axis = split.attrs.get("axis", 0)
+    if not (axis == -1 or (rank is not None and axis == rank - 1)):
+        return None
+    widths = [int(w) for w in np.asarray(split.inputs[1].values).reshape(-1)]
+    index = split.outputs.index(t)
+    start = sum(widths[:index])
+    return slice(start, start + widths[index])
 
 
 def _scale_columns(linear, factors: np.ndarray) -> None:
-    matmul, add = linear
-    w = np.asarray(matmul.inputs[1].values, np.float32)
-    matmul.inputs[1] = gs.Constant(f"{matmul.inputs[1].name}_{matmul.name}_colscaled", (w * factors[None, :]).astype(np.float32))
+    matmul, add, columns = linear
+    columns = columns or slice(None)
+    w = np.array(matmul.inputs[1].values, np.float32)
+    w[:, columns] *= factors[None, :]
+    matmul.inputs[1] = gs.Constant(f"{matmul.inputs[1].name}_{matmul.name}_colscaled", w)
     if add is not None:
         for i, t in enumerate(add.inputs):
             if isinstance(t, gs.Constant):
-                b = np.broadcast_to(np.asarray(t.values, np.float32), np.broadcast_shapes(t.values.shape, factors.shape))
-                add.inputs[i] = gs.Constant(f"{t.name}_{add.name}_colscaled", (b * factors).astype(np.float32))
+                b = np.array(np.broadcast_to(np.asarray(t.values, np.float32), w.shape[-1:]), np.float32)
+                b[columns] *= factors
+                add.inputs[i] = gs.Constant(f"{t.name}_{add.name}_colscaled", b)
