@@ -47,6 +47,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=4, help="timing rounds (each row once per round)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--spinning", action="store_true", help="let both runtimes' idle ORT threads spin "
+                        "(default off, our runtime's default; GenAI is set the same either way)")
     parser.add_argument("--only", nargs="*", help="row names to run (default: all)")
     parser.add_argument("--no-genai", action="store_true", help="skip ONNX Runtime GenAI")
     parser.add_argument("--timing-lock", type=Path, help="hold this lock file (flock) while timing, e.g. a "
@@ -84,7 +86,8 @@ def main(argv: list[str] | None = None) -> dict:
                 row["close"]()
     print_table(
         f"{args.checkpoint.name}: held-out text {meta['eval_tokens']} tokens ({args.eval_rows} rows x {args.eval_length}); "
-        f"decode batch 1, prompt {args.prompt_tokens}, {args.new_tokens} new tokens, {args.threads} threads, "
+        f"decode batch 1, prompt {args.prompt_tokens}, {args.new_tokens} new tokens, {args.threads} threads "
+        f"(spinning {'on' if args.spinning else 'off'}, ours and GenAI's alike), "
         f"rows timed round-robin x{args.rounds} (shared machine: read ratios)",
         ["variant", "perplexity", "vs fp32", "top-1 vs fp32", "size MB", "ms/token", "vs fp32", "TTFT ms"], table,
         note="INT4 rows: FP32 activations on CPU; ORT MatMulNBits accuracy level "
@@ -174,9 +177,11 @@ def _fused_fp32(checkpoint: Path, progress):
     from trtcompile.settings import ExportSettings, OptimizeSettings
 
     stamp = int((Path(checkpoint) / "config.json").stat().st_mtime)
-    cached = Path(checkpoint).parent / f"{Path(checkpoint).name}.fused-fp32-{stamp}.onnx"
+    cached = Path(checkpoint).parent / f"{Path(checkpoint).name}.fused-fp32-{stamp}-{_code_stamp()}.onnx"
     if cached.is_file():
         return load_model(cached)
+    for stale in Path(checkpoint).parent.glob(f"{Path(checkpoint).name}.fused-fp32-*.onnx"):
+        stale.unlink()  # made by other code: a graph the passes of today would not produce
     # Perplexity needs every position's logits, and these feeds a concat cache (empty past): ask
     # for both where the export has such settings (a static-cache, last-logits default).
     wanted = {"all_logits": True, "kv_cache": "concat"}
@@ -187,6 +192,18 @@ def _fused_fp32(checkpoint: Path, progress):
     save_model(fused, tmp)
     tmp.rename(cached)
     return fused
+
+
+def _code_stamp() -> str:
+    """A hash of the code that makes the fused graph (export and passes), so that a cached graph
+    is remade when they change (a stale one measured Q/K/V unjoined after the passes joined them)."""
+    import hashlib
+
+    root = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for path in sorted([*(root / "export").rglob("*.py"), *(root / "passes").rglob("*.py"), root / "optimize.py"]):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:10]
 
 
 def _apply(fused, precision: str, calibration, cal_feeds, evaluation):
@@ -312,7 +329,7 @@ def _measure_speed(rows: dict, args) -> None:
             streams[name] = row["stream"]
             continue
         with _level(row):
-            model = rt.load(row["package"], backend="onnxruntime", threads=args.threads)
+            model = rt.load(row["package"], backend="onnxruntime", threads=args.threads, spinning=args.spinning)
         row["close"] = model.close
         streams[name] = (lambda m: lambda: m.stream(prompt, max_new_tokens=args.new_tokens, stop_tokens=[]))(model)
     per_token = {n: [] for n in rows}
@@ -346,6 +363,7 @@ def _genai_row(args, work: Path, meta: dict) -> dict:
     seconds = time.perf_counter() - t
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file() and f.suffix in (".onnx", ".data"))
     logits = _genai_logits(out, meta["eval"], args.threads)
+    _genai_session_options(out, args.threads, args.spinning)
     import onnxruntime_genai as og
 
     model = og.Model(str(out))
@@ -366,6 +384,20 @@ def _genai_row(args, work: Path, meta: dict) -> dict:
     ops = _op_counts(out / "model.onnx")
     return {"package": str(out), "size_mb": size / 2**20, "quantize_s": round(seconds, 1), "logits": logits,
             "stream": stream, "note": f"builder {seconds:.0f}s; ops {ops}"}
+
+
+def _genai_session_options(out: Path, threads: int, spinning: bool) -> None:
+    """GenAI's sessions with our runtime's thread count and spinning setting: GenAI's defaults
+    (all cores, spinning threads) against ours (spinning off) measured the setting, not the engine.
+    genai_config.json's session_options take ORT's integer options by name and any other key as an
+    ORT session config entry."""
+    path = out / "genai_config.json"
+    config = json.loads(path.read_text())
+    spin = "1" if spinning else "0"
+    config["model"]["decoder"]["session_options"].update({
+        "intra_op_num_threads": threads, "inter_op_num_threads": 1,
+        "session.intra_op.allow_spinning": spin, "session.inter_op.allow_spinning": spin})
+    path.write_text(json.dumps(config, indent=4))
 
 
 def _genai_logits(out: Path, feeds: list[dict], threads: int) -> list[np.ndarray]:
