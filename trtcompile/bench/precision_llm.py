@@ -180,8 +180,6 @@ def _fused_fp32(checkpoint: Path, progress):
     cached = Path(checkpoint).parent / f"{Path(checkpoint).name}.fused-fp32-{stamp}-{_code_stamp()}.onnx"
     if cached.is_file():
         return load_model(cached)
-    for stale in Path(checkpoint).parent.glob(f"{Path(checkpoint).name}.fused-fp32-*.onnx"):
-        stale.unlink()  # made by other code: a graph the passes of today would not produce
     # Perplexity needs every position's logits, and these feeds a concat cache (empty past): ask
     # for both where the export has such settings (a static-cache, last-logits default).
     wanted = {"all_logits": True, "kv_cache": "concat"}
