@@ -52,13 +52,13 @@ def test_kv_cache_options_map_onto_export_settings():
 def test_int4_options_map_onto_calibration_settings():
     ctx = cli.commands["compile"].make_context(
         "compile", ["m", "-o", "o", "--precision", "int4", "--int4-method", "rtn", "--int4-block-size", "64",
-                    "--int4-asymmetric", "--no-int4-lm-head", "--int4-activations", "fp32"])
+                    "--int4-asymmetric", "--int4-lm-head", "--int4-activations", "fp32"])
     settings = calibration_settings(**ctx.params)
     assert settings.int4_method == "rtn" and settings.int4_block_size == 64 and not settings.int4_symmetric
-    assert not settings.int4_lm_head and settings.int4_activations == "fp32"
+    assert settings.int4_lm_head and settings.int4_activations == "fp32"
     defaults = calibration_settings(**cli.commands["compile"].make_context("compile", ["m", "-o", "o"]).params)
     assert (defaults.int4_method, defaults.int4_block_size, defaults.int4_symmetric, defaults.int4_lm_head,
-            defaults.int4_activations) == ("awq", 128, True, True, "fp16")
+            defaults.int4_activations) == ("awq", 128, True, False, "fp16")
 
 
 def test_weight_rounding_and_int4_gptq_options():

@@ -73,8 +73,8 @@ optimize_options = _options(
                  help="INT4: weights per scale along K (128: TensorRT's fastest; smaller: more accurate)."),
     click.option("--int4-asymmetric", is_flag=True,
                  help="INT4: uint4 with zero points (ONNX Runtime only: TensorRT takes symmetric INT4)."),
-    click.option("--int4-lm-head/--no-int4-lm-head", default=True, show_default=True,
-                 help="INT4: quantize the LM head too."),
+    click.option("--int4-lm-head/--no-int4-lm-head", default=False, show_default=True,
+                 help="INT4: quantize the LM head too (off: kept float, as ModelOpt's INT4 AWQ recipe does)."),
     click.option("--fp8-lm-head/--no-fp8-lm-head", default=False, show_default=True,
                  help="FP8: quantize the LM head too (default: it stays float, as in ModelOpt's FP8 recipe)."),
     click.option("--int4-activations", type=click.Choice(("fp16", "fp32")), default="fp16", show_default=True,
@@ -131,7 +131,7 @@ def optimize_settings(precision, disabled_passes, keep_io_fp32, **_):
 
 def calibration_settings(calibration_data, calibration_method, calibration_samples, smoothquant_alpha,
                          accuracy_target, int8_attention, exclude_nodes, float_precision, int4_method="awq",
-                         int4_block_size="128", int4_asymmetric=False, int4_lm_head=True, int4_activations="fp16",
+                         int4_block_size="128", int4_asymmetric=False, int4_lm_head=False, int4_activations="fp16",
                          weight_rounding="gptq", fp8_lm_head=False, **_):
     from trtcompile.settings import CalibrationSettings
 

@@ -171,8 +171,8 @@ def test_awq_beats_rtn_on_activation_outliers():
     assert errors["awq"] < 0.7 * errors["rtn"], errors
 
 
-def test_lm_head_kept_float_on_request():
-    _, q, ctx, _ = _quantize("llama", int4_method="rtn", int4_lm_head=False)
+def test_lm_head_kept_float_by_default():
+    _, q, ctx, _ = _quantize("llama", int4_method="rtn")
     (declined,) = [d for d in ctx.report.declined if "lm_head" in d["reason"]]
     graph = gs.import_onnx(q)
     head = next(n for n in graph.nodes if n.name == declined["node"])
@@ -214,7 +214,7 @@ def test_tied_lm_head_reading_transposed_embedding():
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
     model.ir_version = 10
     ctx = PassContext()
-    q = quantize_int4(model, None, CalibrationSettings(int4_method="rtn", int4_block_size=32), ctx)
+    q = quantize_int4(model, None, CalibrationSettings(int4_method="rtn", int4_block_size=32, int4_lm_head=True), ctx)
     assert [m["node"] for m in ctx.report.matched] == ["lm_head"]
     inits = _initializers(q)
     gather = next(n for n in q.graph.node if n.op_type == "Gather")

@@ -57,19 +57,21 @@ def quantize_int4(model: onnx.ModelProto, calibration: list[dict[str, np.ndarray
         raise UserError(f"--int4-method {settings.int4_method} needs calibration data (it measures activations)",
                         hint="pass --calibration-data FILE (a text file works for models with a tokenizer), "
                              "or use --int4-method rtn")
-    graph = prepared_graph(model, calibration, evaluation, settings, report)
+    graph = prepared_graph(model, calibration, evaluation, settings, report, float_lm_head=not settings.int4_lm_head)
     gemms = _gemms_to_matmuls(graph)
     if gemms:
         report.note(f"{gemms} Gemm(s) rewritten as MatMul (+ Add): MatMulNBits and the INT4 GEMM take MatMul")
-    lm_head = lm_head_node(graph)
+    from trtcompile.quantize.int8 import _is_language_model
+
+    lm_head = lm_head_node(graph, language_model=_is_language_model(ctx, model))
     targets = []
     for t in find_targets(graph, None):
-        if t.weight is None:
+        if t.node == lm_head and not settings.int4_lm_head:  # a tied head reads Transpose(embedding)
+            report.decline(t.node, "lm_head kept float (the default; --int4-lm-head quantizes it)", op=t.op)
+        elif t.weight is None:
             report.decline(t.node, "activation x activation MatMul: INT4 is weight-only", op=t.op)
         elif t.node in settings.exclude_nodes:
             report.decline(t.node, "excluded by the user (exclude_nodes): kept float", op=t.op)
-        elif t.node == lm_head and not settings.int4_lm_head:
-            report.decline(t.node, "lm_head kept float (--no-int4-lm-head)", op=t.op)
         else:
             k = np.asarray(graph.tensors()[t.weight].values).shape[0]
             from trtcompile.quantize.blocks import block_for
@@ -101,8 +103,6 @@ def quantize_int4(model: onnx.ModelProto, calibration: list[dict[str, np.ndarray
         graph.opset = 21
     out = _export(graph)
 
-    from trtcompile.quantize.int8 import _is_language_model
-
     language_model = _is_language_model(ctx, model)
     feeds = evaluation if evaluation is not None else calibration
     reference = None
@@ -129,7 +129,7 @@ def quantize_int4(model: onnx.ModelProto, calibration: list[dict[str, np.ndarray
         if target is not None and accuracy["score"] < target:
             raise UserError(f"INT4 misses accuracy target {target}: {accuracy['metric']} is {accuracy['score']:.6f} "
                             f"({settings.int4_method}, block {settings.int4_block_size})",
-                            hint="try --int4-method awq, a smaller --int4-block-size, --no-int4-lm-head, "
+                            hint="try --int4-method awq or gptq, a smaller --int4-block-size, no --int4-lm-head, "
                                  "or --precision int8/fp8")
     else:
         report.note(f"INT4 ({settings.int4_method}) on {len(targets)} MatMuls; accuracy not measured "

@@ -116,10 +116,11 @@ def find_targets(graph: gs.Graph, report=None, int8_attention: bool = False,
 _PASSTHROUGH = {"Reshape", "Cast", "Identity", "Squeeze", "Unsqueeze", "Slice", "Gather", "Transpose", "Flatten"}
 
 
-def lm_head(graph: gs.Graph) -> str | None:
-    """The MatMul whose output reaches the logits output through reshapes/casts (and a bias Add)
-    only: a language model's head, which INT4 and FP8 may keep float."""
-    outputs = [o for o in graph.outputs if "logit" in o.name] or graph.outputs[:1]
+def lm_head(graph: gs.Graph, language_model: bool = True) -> str | None:
+    """The MatMul whose output reaches the logits output (or a language model's first output, if
+    none is named so) through reshapes/casts (and a bias Add) only: a language model's head, which
+    INT4 and FP8 may keep float. None for a model that is no language model and has no logits."""
+    outputs = [o for o in graph.outputs if "logit" in o.name] or (graph.outputs[:1] if language_model else [])
     for out in outputs:
         tensor, hops = out, 0
         while tensor.inputs and hops < 8:
