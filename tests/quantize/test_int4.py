@@ -278,3 +278,34 @@ def test_awq_folds_through_the_joined_gate_up_split():
     assert down.get("awq_scaled") and down["error"] < down["error_rtn"]
     # A fold into the wrong columns (gate's, or all of them) would not leave AWQ below RTN's error.
     assert errors["awq"] < 0.8 * errors["rtn"], errors
+
+
+def test_float_lm_head_keeps_reading_the_tied_embedding():
+    """Kept float (the default), a tied head reads the embedding through its Transpose: one table.
+
+        ids ── Gather(E) ── h ── MatMul(W) ── t ── MatMul(Transpose(E)) ── logits
+    """
+    rng = np.random.default_rng(4)
+    vocab, hidden = 64, 32
+    emb = rng.standard_normal((vocab, hidden)).astype(np.float32)
+    w = rng.standard_normal((hidden, hidden)).astype(np.float32) * 0.2
+    nodes = [helper.make_node("Gather", ["E", "ids"], ["h"], name="embed"),
+             helper.make_node("MatMul", ["h", "W"], ["t"], name="proj"),
+             helper.make_node("Transpose", ["E"], ["Et"], perm=[1, 0], name="tied"),
+             helper.make_node("MatMul", ["t", "Et"], ["logits"], name="lm_head")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("ids", onnx.TensorProto.INT64, ["b", "s"])],
+                              [helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["b", "s", vocab])],
+                              [numpy_helper.from_array(emb, "E"), numpy_helper.from_array(w, "W")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    model.ir_version = 10
+    ctx = PassContext()
+    q = quantize_int4(model, None, CalibrationSettings(int4_method="rtn", int4_block_size=32), ctx)
+    assert [m["node"] for m in ctx.report.matched] == ["proj"]
+    assert any(d["node"] == "lm_head" and "kept float" in d["reason"] for d in ctx.report.declined), ctx.report.declined
+    inits = _initializers(q)
+    assert [k for k, v in inits.items() if v.size == vocab * hidden] == ["E"]
+    head = next(n for n in q.graph.node if n.name == "lm_head")
+    (transpose,) = [n for n in q.graph.node if n.output[0] == head.input[1]]
+    assert transpose.op_type == "Transpose" and transpose.input[0] == "E"
+    ids = rng.integers(0, vocab, (1, 5)).astype(np.int64)
+    assert cosine(ort_run(q, {"ids": ids})["logits"], ort_run(model, {"ids": ids})["logits"]) > 0.99

@@ -65,9 +65,11 @@ def quantize_int4(model: onnx.ModelProto, calibration: list[dict[str, np.ndarray
 
     lm_head = lm_head_node(graph, language_model=_is_language_model(ctx, model))
     targets = []
+    if lm_head is not None and not settings.int4_lm_head:  # a tied head may read Transpose(embedding)
+        report.decline(lm_head, "lm_head kept float (the default; --int4-lm-head quantizes it)", op="MatMul")
     for t in find_targets(graph, None):
-        if t.node == lm_head and not settings.int4_lm_head:  # a tied head reads Transpose(embedding)
-            report.decline(t.node, "lm_head kept float (the default; --int4-lm-head quantizes it)", op=t.op)
+        if t.node == lm_head and not settings.int4_lm_head:
+            continue
         elif t.weight is None:
             report.decline(t.node, "activation x activation MatMul: INT4 is weight-only", op=t.op)
         elif t.node in settings.exclude_nodes:
