@@ -54,6 +54,12 @@ def test_gptq_round_int8_per_channel_and_int4_blocks():
     rtn = (np.clip(np.rint(blocks / s_rtn[:, None]), -8, 7) * s_rtn[:, None]).reshape(k, n)
     assert _error(x_new, w, w4) < 0.8 * _error(x_new, w, rtn)
 
+    # act-order: rows taken busiest-first, scales from each unrounded block (blocks stay along K).
+    qa, sa = gptq_round(w, gram, 7, group=16, grid=grid, act_order=True)
+    np.testing.assert_allclose(sa, s_rtn, rtol=1e-6)
+    assert qa.min() >= -8 and qa.max() <= 7 and np.array_equal(qa, np.rint(qa))
+    assert _error(x_new, w, qa * np.repeat(sa, 16, axis=0)) < 0.8 * _error(x_new, w, rtn)
+
 
 def _linear_model(rng, k: int = 64, n: int = 32):
     """x -> MatMul(W) with correlated input channels (the calibration and evaluation feeds)."""

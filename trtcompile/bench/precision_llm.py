@@ -107,14 +107,16 @@ VARIANTS = {
     "fp32": ("fp32", {}),
     "fp16": ("fp16", {}),
     "int8 SmoothQuant": ("int8", {}),
+    # INT4 rows keep the LM head float (the default, as ModelOpt's INT4 AWQ recipe does) unless named.
     "int4 RTN b128 sym": ("int4", {"int4_method": "rtn"}),
     "int4 AWQ b128 sym": ("int4", {"int4_method": "awq"}),
-    "int4 AWQ b128 sym, fp32 lm_head": ("int4", {"int4_method": "awq", "int4_lm_head": False}),
+    "int4 AWQ b128 sym, int4 lm_head": ("int4", {"int4_method": "awq", "int4_lm_head": True}),
     # The same package as "int4 AWQ b128 sym", run with MatMulNBits computing in FP32 (accuracy level 0).
     "int4 AWQ b128 sym, ORT level 0": ("same", {"package_of": "int4 AWQ b128 sym", "accuracy_level": 0}),
     "int4 AWQ+GPTQ b128 sym": ("int4", {"int4_method": "gptq"}),
     "int4 AWQ b32 sym": ("int4", {"int4_method": "awq", "int4_block_size": 32}),
     "int4 AWQ+GPTQ b32 sym": ("int4", {"int4_method": "gptq", "int4_block_size": 32}),
+    # Caveat row: block-32 asymmetric is the GGUF's own grid (Q4_1), so it nearly reproduces the weights.
     "int4 RTN b32 asym (GGUF-like)": ("int4", {"int4_method": "rtn", "int4_block_size": 32, "int4_symmetric": False}),
     "fp8": ("fp8", {}),  # GPTQ-rounded weights, LM head float (the defaults)
     "fp8 nearest": ("fp8", {"weight_rounding": "nearest"}),

@@ -21,8 +21,8 @@ def collect(model: onnx.ModelProto, tensors: list[str], feeds: list[dict[str, np
             description: str = "calibrating") -> dict[str, dict]:
     """{tensor: {"hist": AbsHistogram, "channel_amax": ndarray | None, "rows": ndarray | None,
     "channel_mean": ndarray | None, "gram": ndarray | None, "gram_rows": int}} over all feeds; "rows" keeps the first `sample_rows` rows
-    ([N, channels]) for SmoothQuant's alpha search and AWQ's scale search. Padded positions are
-    included (calibration batches are mostly real tokens)."""
+    ([N, channels]) of real tokens for SmoothQuant's alpha search and AWQ's scale search. Padded
+    positions are in the histograms and channel statistics (calibration batches are mostly real tokens)."""
     augmented = onnx.ModelProto()
     augmented.CopyFrom(model)
     present = {o.name for o in augmented.graph.output}
@@ -54,7 +54,7 @@ def collect(model: onnx.ModelProto, tensors: list[str], feeds: list[dict[str, np
                     entry["gram"] = g if entry["gram"] is None else entry["gram"] + g
                     entry["gram_rows"] += len(real)
                 if sample_rows:
-                    rows = np.asarray(value, np.float32).reshape(-1, value.shape[-1])
+                    rows = real_token_rows(value, feed)  # a pad token's activations are no text's
                     have = 0 if entry["rows"] is None else len(entry["rows"])
                     if have < sample_rows:
                         # Evenly spaced rows from every batch, not the first rows of the first one.

@@ -26,11 +26,15 @@ _BLOCK = 128
 
 
 def gptq_round(w: np.ndarray, gram: np.ndarray, qmax: float, group: int | None = None,
-               damp: float = DEFAULT_DAMP, grid=None) -> tuple[np.ndarray, np.ndarray]:
+               damp: float = DEFAULT_DAMP, grid=None, act_order: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(q, scales): the quantized values q [K, N] (float64, on the grid) and their scales, [N] per
     output column when `group` is None, else [K / group, N] per block of rows; w ~= q * scale.
     `gram` is X^T X [K, K] of the calibration rows; `grid` rounds and saturates values already
-    divided by their scale (default: integers in [-qmax, qmax]; FP8 passes its E4M3 cast)."""
+    divided by their scale (default: integers in [-qmax, qmax]; FP8 passes its E4M3 cast).
+    `act_order` rounds the rows with the largest diag(H) (the busiest input channels) first, so the
+    error of the rest is what gets compensated; the scales then come from the unrounded W of each
+    block ("static groups"), so blocks stay contiguous rows along K, the layout TensorRT and
+    DequantizeLinear take."""
     w = np.array(w, np.float64)
     k, n = w.shape
     grid = grid or (lambda v: np.clip(np.rint(v), -qmax, qmax))
@@ -39,11 +43,20 @@ def gptq_round(w: np.ndarray, gram: np.ndarray, qmax: float, group: int | None =
     h[dead, dead] = 1.0
     w[dead, :] = 0.0  # an input channel that is always 0 contributes nothing
     h[np.diag_indices(k)] += damp * max(float(np.mean(np.diag(h))), 1e-12)
+    perm = np.argsort(-np.diag(h), kind="stable") if act_order else None
+    static = None
+    if perm is not None:
+        if group is not None:
+            assert k % group == 0, (k, group)
+            static = np.stack([_scale(w[g:g + group], qmax) for g in range(0, k, group)])
+        w, h = w[perm], h[perm][:, perm]
     u = _inverse_cholesky_upper(h)
     q = np.zeros_like(w)
     if group is None:
         col_scale = _scale(w, qmax)
         scales = col_scale
+    elif static is not None:
+        scales = static
     else:
         assert k % group == 0 and _BLOCK % group == 0, (k, group)  # a block's scale sees its updated rows
         scales = np.zeros((k // group, n))
@@ -55,7 +68,9 @@ def gptq_round(w: np.ndarray, gram: np.ndarray, qmax: float, group: int | None =
         ub = u[b0:b1, b0:b1]
         for i in range(b1 - b0):
             row = b0 + i
-            if group is not None and row % group == 0:
+            if static is not None:
+                col_scale = static[perm[row] // group]
+            elif group is not None and row % group == 0:
                 col_scale = _scale(wb[i:i + group], qmax)
                 scales[row // group] = col_scale
             qi = grid(wb[i] / col_scale)
@@ -64,6 +79,10 @@ def gptq_round(w: np.ndarray, gram: np.ndarray, qmax: float, group: int | None =
             wb[i + 1:] -= np.outer(ub[i, i + 1:], err)
             errs[i] = err
         w[b1:] -= u[b0:b1, b1:].T @ errs
+    if perm is not None:
+        unpermuted = np.empty_like(q)
+        unpermuted[perm] = q
+        q = unpermuted
     return q, scales.astype(np.float32)
 
 
