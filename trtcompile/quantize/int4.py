@@ -40,6 +40,9 @@ from trtcompile.settings import CalibrationSettings
 log = logging.getLogger("trtcompile.quantize")
 INT4_METHODS = ("awq", "rtn", "gptq")
 _AWQ_ROWS = 256  # activation rows per tensor for the scale and clip searches
+# An activation whose producer cannot take 1/s (the attention output, for o_proj) gets a Mul(1/s)
+# of its own when True, stays unscaled when False.
+_AWQ_EXPLICIT_MUL = True
 _GPTQ_DAMP = 0.1  # gptq.DEFAULT_DAMP (chosen on MiniLM's held-out text)
 _GPTQ_ACT_ORDER = False
 
@@ -172,12 +175,17 @@ def _search(graph: gs.Graph, targets, rows, means, settings: CalibrationSettings
         if alpha == 0.0:
             report.note(f"awq: {x_name!r} unscaled (alpha 0 is best: relative error {rtn:.3g})")
             continue
+        how = _fold_inverse(graph, tensors[x_name], group, nodes, (1.0 / s).astype(np.float32),
+                            allow_mul=_AWQ_EXPLICIT_MUL)
+        if how is None:
+            report.note(f"awq: {x_name!r} unscaled: 1/s does not fold into its producer "
+                        f"(relative error {rtn:.3g}; {err:.3g} with an extra Mul)")
+            continue
         for t in group:
             node = nodes[t.node]
             w = np.asarray(node.inputs[1].values, np.float32)
             node.inputs[1] = gs.Constant(f"{node.name}_weight_awq", (w * s[:, None]).astype(np.float32))
             scaled[t.node] = s
-        how = _fold_inverse(graph, tensors[x_name], group, nodes, (1.0 / s).astype(np.float32))
         report.note(f"awq alpha={alpha:.1f}: {x_name!r} -> {len(group)} MatMul(s), group error {rtn:.3g} -> {err:.3g}, "
                     f"1/s {how}")
     graph.cleanup().toposort()

@@ -91,7 +91,10 @@ def _search_alpha(rows: np.ndarray, ax: np.ndarray, wmax: np.ndarray, weights: l
     return best
 
 
-def _fold_inverse(graph: gs.Graph, x: gs.Variable, group: list[Target], nodes, inv: np.ndarray) -> str:
+def _fold_inverse(graph: gs.Graph, x: gs.Variable, group: list[Target], nodes, inv: np.ndarray,
+                  allow_mul: bool = True) -> str | None:
+    """Multiply X by `inv` in the op that produces it, or with an explicit Mul in front of the group's
+    MatMuls; None (and no change) when it does not fold and `allow_mul` is False."""
     consumers = {c.name for c in x.outputs}
     only_group = consumers <= {t.node for t in group}
     producer = x.inputs[0] if x.inputs else None
@@ -118,6 +121,8 @@ def _fold_inverse(graph: gs.Graph, x: gs.Variable, group: list[Target], nodes, i
                 if linear is not None:
                     _scale_columns(linear, inv)
                     return f"folded into the columns of {linear[0].name!r} (feeding Mul {producer.name!r})"
+    if not allow_mul:
+        return None
     out = gs.Variable(f"{x.name}_smoothed", dtype=x.dtype, shape=x.shape)
     graph.nodes.append(gs.Node("Mul", f"{x.name}_smooth", inputs=[x, gs.Constant(f"{x.name}_inv_smooth", inv)],
                                outputs=[out]))
