@@ -309,3 +309,69 @@ def test_float_lm_head_keeps_reading_the_tied_embedding():
     assert transpose.op_type == "Transpose" and transpose.input[0] == "E"
     ids = rng.integers(0, vocab, (1, 5)).astype(np.int64)
     assert cosine(ort_run(q, {"ids": ids})["logits"], ort_run(model, {"ids": ids})["logits"]) > 0.99
+
+
+def _gqa_attention_model(q_heads: int = 4, kv_heads: int = 2, head_dim: int = 16):
+    """One attention block as export + fuse_parallel_matmuls leave it (rank-4 ONNX Attention, GQA,
+    a cache Concat), with outlier channels in V so AWQ scales o_proj:
+
+        x ── LayerNorm ── MatMul([Wq | Wk | Wv]) ── Split ── q/k/v ── Reshape ── Transpose(0,2,1,3)
+        past_value ── Concat(·, v) ── present_value ──┐  (q, k likewise, without a cache)
+        Attention(q, k, v; q_num_heads, kv_num_heads) ── Transpose(0,2,1,3) ── Reshape ── MatMul(W_o) ── y
+    """
+    rng = np.random.default_rng(5)
+    hidden = q_heads * head_dim
+    nq, nkv = q_heads * head_dim, kv_heads * head_dim
+    w = rng.standard_normal((hidden, nq + 2 * nkv)).astype(np.float32) * 0.2
+    w[:, nq + nkv + np.array([3, 20])] *= 12.0  # outlier V channels -> outlier channels of o_proj's input
+    w_o = rng.standard_normal((hidden, hidden)).astype(np.float32) * 0.1
+    c = lambda name, v: numpy_helper.from_array(np.asarray(v), name)  # noqa: E731
+    nodes = [helper.make_node("LayerNormalization", ["x", "gamma", "beta"], ["n"], axis=-1, name="ln"),
+             helper.make_node("MatMul", ["n", "w_qkv"], ["qkv"], name="qkv_joined"),
+             helper.make_node("Split", ["qkv", "widths"], ["q", "k", "v"], axis=-1, name="qkv_split")]
+    for name, heads in (("q", q_heads), ("k", kv_heads), ("v", kv_heads)):
+        nodes += [helper.make_node("Reshape", [name, f"shape_{name}"], [f"{name}4"], name=f"reshape_{name}"),
+                  helper.make_node("Transpose", [f"{name}4"], [f"{name}t"], perm=[0, 2, 1, 3], name=f"transpose_{name}")]
+    nodes += [helper.make_node("Concat", ["past_value", "vt"], ["present_value"], axis=-2, name="cache"),
+              helper.make_node("Attention", ["qt", "kt", "present_value"], ["att"], q_num_heads=q_heads,
+                               kv_num_heads=kv_heads, name="attention"),
+              helper.make_node("Transpose", ["att"], ["att_t"], perm=[0, 2, 1, 3], name="transpose_out"),
+              helper.make_node("Reshape", ["att_t", "shape_out"], ["o_in"], name="reshape_out"),
+              helper.make_node("MatMul", ["o_in", "w_o"], ["y"], name="o_proj")]
+    f = onnx.TensorProto.FLOAT
+    graph = helper.make_graph(
+        nodes, "g",
+        [helper.make_tensor_value_info("x", f, [1, "s", hidden]),
+         helper.make_tensor_value_info("past_value", f, [1, kv_heads, "p", head_dim])],
+        [helper.make_tensor_value_info("y", f, [1, "s", hidden]),
+         helper.make_tensor_value_info("present_value", f, [1, kv_heads, "t", head_dim])],
+        [c("gamma", np.ones(hidden, np.float32)), c("beta", np.zeros(hidden, np.float32)), c("w_qkv", w), c("w_o", w_o),
+         c("widths", np.array([nq, nkv, nkv], np.int64)), c("shape_q", np.array([0, 0, q_heads, head_dim], np.int64)),
+         c("shape_k", np.array([0, 0, kv_heads, head_dim], np.int64)),
+         c("shape_v", np.array([0, 0, kv_heads, head_dim], np.int64)), c("shape_out", np.array([0, 0, hidden], np.int64))])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)])
+    model.ir_version = 10
+    feeds = [{"x": rng.standard_normal((1, 24, hidden)).astype(np.float32),
+              "past_value": np.zeros((1, kv_heads, 0, head_dim), np.float32)} for _ in range(6)]
+    return model, feeds[:4], feeds[4:]
+
+
+def test_awq_folds_o_proj_scales_into_v(monkeypatch):
+    from trtcompile.quantize import int4
+
+    monkeypatch.setattr(int4, "_AWQ_VALUE_FOLD", True)
+    model, cal, ev = _gqa_attention_model()
+    errors = {}
+    for method in ("rtn", "awq"):
+        ctx = PassContext()
+        q = quantize_int4(model, cal, CalibrationSettings(int4_method=method, int4_block_size=16,
+                                                          int4_activations="fp32"), ctx, evaluation=ev)
+        check_graph(gs.import_onnx(q))
+        errors[method] = max(np.linalg.norm(ort_run(q, f)["y"] - ort_run(model, f)["y"]) / np.linalg.norm(ort_run(model, f)["y"])
+                             for f in ev)
+    assert "Mul" not in [n.op_type for n in q.graph.node]  # neither a Mul(1/s) for o_proj nor for Q/K/V
+    assert any("folded into the V columns of 'qkv_joined'" in note for note in ctx.report.notes), ctx.report.notes
+    o_proj = next(m for m in ctx.report.matched if m["node"] == "o_proj")
+    assert o_proj.get("awq_scaled") and o_proj["error"] < o_proj["error_rtn"]
+    # V's scaled columns are undone by o_proj's rows only if each kv head's scale is shared by its query heads.
+    assert errors["awq"] < 0.9 * errors["rtn"], errors

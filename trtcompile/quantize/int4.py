@@ -43,6 +43,8 @@ _AWQ_ROWS = 256  # activation rows per tensor for the scale and clip searches
 # An activation whose producer cannot take 1/s (the attention output, for o_proj) gets a Mul(1/s)
 # of its own when True, stays unscaled when False.
 _AWQ_EXPLICIT_MUL = True
+# o_proj's 1/s into V's columns (value_fold.py), its scales tied across the heads sharing a kv head.
+_AWQ_VALUE_FOLD = True
 _GPTQ_DAMP = 0.1  # gptq.DEFAULT_DAMP (chosen on MiniLM's held-out text)
 _GPTQ_ACT_ORDER = False
 
@@ -152,6 +154,7 @@ def _search(graph: gs.Graph, targets, rows, means, settings: CalibrationSettings
     from trtcompile.quantize.awq import search_scale
     from trtcompile.quantize.blocks import block_for
     from trtcompile.quantize.smoothquant import _fold_inverse
+    from trtcompile.quantize.value_fold import value_fold
 
     nodes = {n.name: n for n in graph.nodes}
     tensors = graph.tensors()
@@ -168,15 +171,23 @@ def _search(graph: gs.Graph, targets, rows, means, settings: CalibrationSettings
             continue
         weights = [np.asarray(nodes[t.node].inputs[1].values, np.float32) for t in group]
         block = min(block_for(w.shape[0], settings.int4_block_size) for w in weights)
-        alpha, s, err, rtn = search_scale(x[:_AWQ_ROWS], means[x_name], weights, block, settings.int4_symmetric)
-        plans.append((x_name, group, alpha, s, err, rtn))
+        mean = means[x_name]
+        fold = None
+        if _AWQ_VALUE_FOLD and {c.name for c in tensors[x_name].outputs} <= {t.node for t in group}:
+            fold = value_fold(tensors[x_name], weights[0].shape[0])  # o_proj: scales tied per kv head
+            mean = mean if fold is None else fold.tied(mean)
+        alpha, s, err, rtn = search_scale(x[:_AWQ_ROWS], mean, weights, block, settings.int4_symmetric)
+        plans.append((x_name, group, alpha, s, err, rtn, fold))
     scaled = {}
-    for x_name, group, alpha, s, err, rtn in plans:
+    for x_name, group, alpha, s, err, rtn, fold in plans:
         if alpha == 0.0:
             report.note(f"awq: {x_name!r} unscaled (alpha 0 is best: relative error {rtn:.3g})")
             continue
-        how = _fold_inverse(graph, tensors[x_name], group, nodes, (1.0 / s).astype(np.float32),
-                            allow_mul=_AWQ_EXPLICIT_MUL)
+        if fold is not None:
+            how = fold.fold((1.0 / s).astype(np.float32))
+        else:
+            how = _fold_inverse(graph, tensors[x_name], group, nodes, (1.0 / s).astype(np.float32),
+                                allow_mul=_AWQ_EXPLICIT_MUL)
         if how is None:
             report.note(f"awq: {x_name!r} unscaled: 1/s does not fold into its producer "
                         f"(relative error {rtn:.3g}; {err:.3g} with an extra Mul)")
