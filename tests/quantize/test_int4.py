@@ -356,11 +356,17 @@ def _gqa_attention_model(q_heads: int = 4, kv_heads: int = 2, head_dim: int = 16
     return model, feeds[:4], feeds[4:]
 
 
-def test_awq_folds_o_proj_scales_into_v(monkeypatch):
-    from trtcompile.quantize import int4
-
-    monkeypatch.setattr(int4, "_AWQ_VALUE_FOLD", True)
+@pytest.mark.parametrize("grouped", [False, True])
+def test_awq_folds_o_proj_scales_into_v(grouped):
     model, cal, ev = _gqa_attention_model()
+    if grouped:  # as PIPELINE leaves it: one query block per kv head
+        from trtcompile.graph.types import with_types
+        from trtcompile.onnx_io import to_model
+        from trtcompile.passes.group_query_heads import group_query_heads
+
+        ctx = PassContext()
+        model = to_model(group_query_heads(with_types(gs.import_onnx(model)), ctx))
+        assert ctx.report.matched, ctx.report.declined
     errors = {}
     for method in ("rtn", "awq"):
         ctx = PassContext()

@@ -8,8 +8,8 @@ into the V columns of the projection that makes V, and the graph gains no op. Th
 the scaled V, written and read by the same graph.
 
     h ── MatMul([Wq | Wk | Wv]) ── Split ── v ── Reshape [B, S, Nkv, D] ── Transpose(0, 2, 1, 3)
-        ── (Concat(past, ·) ── present) ── Attention(q, k, v) ── Transpose(0, 2, 1, 3)
-        ── Reshape [B, S, Nq * D] ── x ── MatMul(W_o)
+        ── (Concat(past, ·) ── present) ── Attention(q, k, v) ── (Reshape [B, Nq, S, D]: the
+        group_query_heads form) ── Transpose(0, 2, 1, 3) ── Reshape [B, S, Nq * D] ── x ── MatMul(W_o)
 
 Anything else (rank-3 Attention inputs, V read elsewhere, a bias) is declined: the caller keeps
 its explicit Mul.
@@ -65,11 +65,17 @@ def value_fold(x: gs.Variable, channels: int) -> ValueFold | None:
     if reshape is None or reshape.op != "Reshape":
         return None
     transpose = _only_producer(reshape.inputs[0], "Transpose", [0, 2, 1, 3])
-    attention = _only_producer(transpose.inputs[0], "Attention") if transpose is not None else None
+    if transpose is None:
+        return None
+    out = transpose.inputs[0]
+    # group_query_heads' form: Attention over the kv heads, its rows regrouped by a Reshape
+    # [B, Nkv, G*S, D] -> [B, Nq, S, D] (query head kv*G + g, as in plain GQA).
+    regroup = _only_producer(out, "Reshape")
+    attention = _only_producer(out if regroup is None else regroup.inputs[0], "Attention")
     if attention is None or len(attention.inputs) < 3:
         return None
-    q_heads, kv_heads = attention.attrs.get("q_num_heads"), attention.attrs.get("kv_num_heads")
-    if not q_heads or not kv_heads or q_heads % kv_heads:
+    kv_heads = attention.attrs.get("kv_num_heads")
+    if not kv_heads or attention.attrs.get("q_num_heads", 0) % kv_heads:
         return None
     v = attention.inputs[2]
     if v.inputs and v.inputs[0].op == "Concat":  # the cache: past values, then this step's
@@ -87,6 +93,9 @@ def value_fold(x: gs.Variable, channels: int) -> ValueFold | None:
     matmul, _, columns = linear
     width = np.asarray(matmul.inputs[1].values).shape[1] if columns is None else columns.stop - columns.start
     head_dim = width // kv_heads
-    if width % kv_heads or channels != q_heads * head_dim:
+    q_heads = channels // head_dim if head_dim else 0
+    if width % kv_heads or not q_heads or channels % head_dim or q_heads % kv_heads:
+        return None
+    if regroup is None and q_heads != attention.attrs.get("q_num_heads"):
         return None
     return ValueFold(linear, q_heads, kv_heads, head_dim)
