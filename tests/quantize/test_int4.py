@@ -357,7 +357,10 @@ def _gqa_attention_model(q_heads: int = 4, kv_heads: int = 2, head_dim: int = 16
 
 
 @pytest.mark.parametrize("grouped", [False, True])
-def test_awq_folds_o_proj_scales_into_v(grouped):
+def test_awq_folds_o_proj_scales_into_v(grouped, monkeypatch):
+    from trtcompile.quantize import int4
+
+    monkeypatch.setattr(int4, "_AWQ_VALUE_FOLD", True)  # off by default: the cache would hold scaled V
     model, cal, ev = _gqa_attention_model()
     if grouped:  # as PIPELINE leaves it: one query block per kv head
         from trtcompile.graph.types import with_types
@@ -381,3 +384,20 @@ def test_awq_folds_o_proj_scales_into_v(grouped):
     assert o_proj.get("awq_scaled") and o_proj["error"] < o_proj["error_rtn"]
     # V's scaled columns are undone by o_proj's rows only if each kv head's scale is shared by its query heads.
     assert errors["awq"] < 0.9 * errors["rtn"], errors
+
+
+def test_awq_keeps_the_cache_unscaled_by_default(monkeypatch):
+    """By default o_proj's 1/s is an explicit Mul: present_value stays the model's own V (up to
+    V's INT4 rounding); with the fold on, the cache holds V scaled per channel."""
+    from trtcompile.quantize import int4
+
+    model, cal, ev = _gqa_attention_model()
+    settings = CalibrationSettings(int4_method="awq", int4_block_size=16, int4_activations="fp32")
+    caches = {}
+    for fold in (False, True):
+        monkeypatch.setattr(int4, "_AWQ_VALUE_FOLD", fold)
+        ctx = PassContext()
+        q = quantize_int4(model, cal, settings, ctx, evaluation=ev)
+        assert any("V columns" in note for note in ctx.report.notes) == fold, ctx.report.notes
+        caches[fold] = min(cosine(ort_run(q, f)["present_value"], ort_run(model, f)["present_value"]) for f in ev)
+    assert caches[False] > 0.99 and caches[True] < caches[False] - 0.01, caches

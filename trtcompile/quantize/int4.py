@@ -44,7 +44,10 @@ _AWQ_ROWS = 256  # activation rows per tensor for the scale and clip searches
 # of its own when True, stays unscaled when False.
 _AWQ_EXPLICIT_MUL = True
 # o_proj's 1/s into V's columns (value_fold.py), its scales tied across the heads sharing a kv head.
-_AWQ_VALUE_FOLD = True
+# Off: the KV cache would then hold V scaled per channel, no longer the model's own present.*.value
+# that verification compares with PyTorch (not yet checked on a real LLM's scales); o_proj gets
+# an explicit Mul instead.
+_AWQ_VALUE_FOLD = False
 _GPTQ_DAMP = 0.1  # gptq.DEFAULT_DAMP (chosen on MiniLM's held-out text)
 _GPTQ_ACT_ORDER = False
 
