@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -171,6 +172,32 @@ def test_interrupted_compile_leaves_nothing(tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, err[-500:]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_sigterm_exits_143_whatever_error_it_surfaces_as():
+    """A SIGTERM that lands inside a C extension's import comes back as an ImportError (pybind11
+    turns any error in module init into one), which the backend reports as a missing package: the
+    command must still exit 143, not 1 with a wrong fix (seen once when ONNX Runtime was importing)."""
+    script = textwrap.dedent("""
+        import os, signal, time
+        from trtcompile.cli_errors import exit_on_sigterm, user_errors
+        from trtcompile.runtime import PackageError
+
+        @user_errors
+        def command():
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(5)
+            except BaseException as exc:  # what an extension's init does with the handler's SystemExit
+                raise PackageError("backend 'onnxruntime' needs the onnxruntime package") from exc
+
+        exit_on_sigterm()
+        command()
+    """)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 143, proc.stderr
+    assert "needs the onnxruntime package" not in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_cli_prints_user_errors_without_traceback(tmp_path):

@@ -6,14 +6,12 @@ on a machine with none of them installed.
 
 from __future__ import annotations
 
-import signal
-import sys
 from pathlib import Path
 
 import click
 
 from trtcompile import __version__
-from trtcompile.cli_errors import command_options, progress, user_errors, verbosity  # noqa: F401 - user_errors for add-ons
+from trtcompile.cli_errors import command_options, exit_on_sigterm, progress, user_errors, verbosity  # noqa: F401 - user_errors for add-ons
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int4", "fp8")
 
@@ -352,8 +350,7 @@ _register_optional_commands()
 
 
 def main():
-    # A SIGTERM (e.g. a CI timeout) unwinds like Ctrl-C, so a half-written package is removed.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    exit_on_sigterm()
     cli()
 
 

@@ -99,7 +99,27 @@ def missing_dependency(exc: ImportError) -> str | None:
             f"(or pip install \"trtcompile[{extra}] @ file:///path/to/trtcompile\")")
 
 
+_terminated = False
+
+
+def exit_on_sigterm() -> None:
+    """A SIGTERM (e.g. a CI timeout) unwinds like Ctrl-C, so a half-written package is removed, and
+    the process exits 143 whatever error the unwinding surfaced on its way out (a signal inside a
+    C extension's import comes back as an ImportError)."""
+    import signal
+
+    def on_sigterm(*_):
+        global _terminated
+        _terminated = True
+        sys.exit(143)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+
 def fail(message: str, code: int = 1):
+    if _terminated:  # the error is the signal's echo, not the user's to fix
+        click.secho("terminated", fg="red", err=True)
+        sys.exit(143)
     click.secho(f"error: {message}", fg="red", err=True)
     sys.exit(code)
 
@@ -109,6 +129,15 @@ def user_errors(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        try:
+            return handled(*args, **kwargs)
+        except BaseException as exc:
+            if _terminated and not (isinstance(exc, SystemExit) and exc.code == 143):
+                click.secho("terminated", fg="red", err=True)
+                sys.exit(143)
+            raise
+
+    def handled(*args, **kwargs):
         from trtcompile.errors import UserError
         from trtcompile.runtime import InputError, PackageError
 
