@@ -130,6 +130,34 @@ def test_ort_fuses_into_matmulnbits(tmp_path):
     assert cosine(got, ref) > 0.999
 
 
+def _as_model(graph: onnx.GraphProto, opset: int) -> onnx.ModelProto:
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 10
+    return model
+
+
+def _worst_relative_error(q: onnx.ModelProto, model: onnx.ModelProto, feeds) -> float:
+    """Largest relative L2 error of output y over the evaluation feeds."""
+    return max(np.linalg.norm(ort_run(q, f)["y"] - ort_run(model, f)["y"]) / np.linalg.norm(ort_run(model, f)["y"])
+               for f in feeds)
+
+
+def _rtn_and_awq(model, cal, ev, **settings) -> dict[str, tuple[onnx.ModelProto, PassContext]]:
+    """The model quantized with RTN and with AWQ (FP32 activations), each with its pass context."""
+    out = {}
+    for method in ("rtn", "awq"):
+        ctx = PassContext()
+        out[method] = (quantize_int4(model, cal, CalibrationSettings(int4_method=method, int4_activations="fp32",
+                                                                     **settings), ctx, evaluation=ev), ctx)
+    return out
+
+
+def _x_feeds(rng, shape) -> tuple[list, list]:
+    """Four calibration and two evaluation feeds of input x."""
+    feeds = [{"x": rng.standard_normal(shape).astype(np.float32)} for _ in range(6)]
+    return feeds[:4], feeds[4:]
+
+
 def _outlier_model(k: int = 128, n: int = 64):
     """x -> LayerNormalization(gamma with 4 channels 40x the rest) -> MatMul(W): activation outliers,
     the case AWQ is for. The outlier channels' weights are small, as in trained LLMs."""
@@ -144,30 +172,22 @@ def _outlier_model(k: int = 128, n: int = 64):
                               [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["b", "s", n])],
                               [numpy_helper.from_array(gamma, "gamma"), numpy_helper.from_array(np.zeros(k, np.float32), "beta"),
                                numpy_helper.from_array(w, "w")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
-    model.ir_version = 10
-    feeds = [{"x": rng.standard_normal((2, 32, k)).astype(np.float32)} for _ in range(6)]
-    return model, feeds[:4], feeds[4:]
+    model = _as_model(graph, 21)
+    return (model, *_x_feeds(rng, (2, 32, k)))
 
 
 def test_awq_beats_rtn_on_activation_outliers():
     model, cal, ev = _outlier_model()
-    errors = {}
-    for method in ("rtn", "awq"):
-        ctx = PassContext()
-        q = quantize_int4(model, cal, CalibrationSettings(int4_method=method, int4_block_size=32,
-                                                          int4_activations="fp32"), ctx, evaluation=ev)
-        err = []
-        for feed in ev:
-            ref, got = ort_run(model, feed)["y"], ort_run(q, feed)["y"]
-            err.append(np.linalg.norm(got - ref) / np.linalg.norm(ref))
-        errors[method] = float(np.mean(err))
-        if method == "awq":
-            # 1/s went into the LayerNorm's gamma: no op added in front of the MatMul.
-            assert [n.op_type for n in q.graph.node].count("Mul") == 0
-            assert any("folded into LayerNormalization" in note for note in ctx.report.notes)
-            (match,) = ctx.report.matched
-            assert match["error"] < match["error_rtn"]
+    runs = _rtn_and_awq(model, cal, ev, int4_block_size=32)
+    errors = {method: float(np.mean([np.linalg.norm(ort_run(q, f)["y"] - ort_run(model, f)["y"])
+                                     / np.linalg.norm(ort_run(model, f)["y"]) for f in ev]))
+              for method, (q, _) in runs.items()}
+    q, ctx = runs["awq"]
+    # 1/s went into the LayerNorm's gamma: no op added in front of the MatMul.
+    assert [n.op_type for n in q.graph.node].count("Mul") == 0
+    assert any("folded into LayerNormalization" in note for note in ctx.report.notes)
+    (match,) = ctx.report.matched
+    assert match["error"] < match["error_rtn"]
     assert errors["awq"] < 0.7 * errors["rtn"], errors
 
 
@@ -211,8 +231,7 @@ def test_tied_lm_head_reading_transposed_embedding():
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("ids", onnx.TensorProto.INT64, ["b", "s"])],
                               [helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["b", "s", vocab])],
                               [numpy_helper.from_array(emb, "E")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
-    model.ir_version = 10
+    model = _as_model(graph, 21)
     ctx = PassContext()
     q = quantize_int4(model, None, CalibrationSettings(int4_method="rtn", int4_block_size=32, int4_lm_head=True), ctx)
     assert [m["node"] for m in ctx.report.matched] == ["lm_head"]
@@ -256,22 +275,17 @@ def _joined_swiglu_model(k: int = 64, f: int = 128):
                                numpy_helper.from_array(np.array([f, f], np.int64), "widths"),
                                numpy_helper.from_array(np.ones(k, np.float32), "gamma"),
                                numpy_helper.from_array(np.zeros(k, np.float32), "beta")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
-    model.ir_version = 10
-    feeds = [{"x": rng.standard_normal((2, 32, k)).astype(np.float32)} for _ in range(6)]
-    return model, feeds[:4], feeds[4:]
+    model = _as_model(graph, 21)
+    return (model, *_x_feeds(rng, (2, 32, k)))
 
 
 def test_awq_folds_through_the_joined_gate_up_split():
     model, cal, ev = _joined_swiglu_model()
-    errors = {}
-    for method in ("rtn", "awq"):
-        ctx = PassContext()
-        q = quantize_int4(model, cal, CalibrationSettings(int4_method=method, int4_block_size=32,
-                                                          int4_activations="fp32"), ctx, evaluation=ev)
+    runs = _rtn_and_awq(model, cal, ev, int4_block_size=32)
+    for q, _ in runs.values():
         check_graph(gs.import_onnx(q))
-        errors[method] = max(np.linalg.norm(ort_run(q, f)["y"] - ort_run(model, f)["y"]) / np.linalg.norm(ort_run(model, f)["y"])
-                             for f in ev)
+    errors = {method: _worst_relative_error(q, model, ev) for method, (q, _) in runs.items()}
+    q, ctx = runs["awq"]
     assert [n.op_type for n in q.graph.node].count("Mul") == 2  # silu's and SwiGLU's: no Mul(1/s) added
     assert any("folded into the columns of 'gate_up_joined'" in note for note in ctx.report.notes), ctx.report.notes
     down = next(m for m in ctx.report.matched if m["node"] == "down_proj")
@@ -296,8 +310,7 @@ def test_float_lm_head_keeps_reading_the_tied_embedding():
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("ids", onnx.TensorProto.INT64, ["b", "s"])],
                               [helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["b", "s", vocab])],
                               [numpy_helper.from_array(emb, "E"), numpy_helper.from_array(w, "W")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
-    model.ir_version = 10
+    model = _as_model(graph, 21)
     ctx = PassContext()
     q = quantize_int4(model, None, CalibrationSettings(int4_method="rtn", int4_block_size=32), ctx)
     assert [m["node"] for m in ctx.report.matched] == ["proj"]
@@ -349,8 +362,7 @@ def _gqa_attention_model(q_heads: int = 4, kv_heads: int = 2, head_dim: int = 16
          c("widths", np.array([nq, nkv, nkv], np.int64)), c("shape_q", np.array([0, 0, q_heads, head_dim], np.int64)),
          c("shape_k", np.array([0, 0, kv_heads, head_dim], np.int64)),
          c("shape_v", np.array([0, 0, kv_heads, head_dim], np.int64)), c("shape_out", np.array([0, 0, hidden], np.int64))])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)])
-    model.ir_version = 10
+    model = _as_model(graph, 23)
     feeds = [{"x": rng.standard_normal((1, 24, hidden)).astype(np.float32),
               "past_value": np.zeros((1, kv_heads, 0, head_dim), np.float32)} for _ in range(6)]
     return model, feeds[:4], feeds[4:]
@@ -370,14 +382,11 @@ def test_awq_folds_o_proj_scales_into_v(grouped, monkeypatch):
         ctx = PassContext()
         model = to_model(group_query_heads(with_types(gs.import_onnx(model)), ctx))
         assert ctx.report.matched, ctx.report.declined
-    errors = {}
-    for method in ("rtn", "awq"):
-        ctx = PassContext()
-        q = quantize_int4(model, cal, CalibrationSettings(int4_method=method, int4_block_size=16,
-                                                          int4_activations="fp32"), ctx, evaluation=ev)
+    runs = _rtn_and_awq(model, cal, ev, int4_block_size=16)
+    for q, _ in runs.values():
         check_graph(gs.import_onnx(q))
-        errors[method] = max(np.linalg.norm(ort_run(q, f)["y"] - ort_run(model, f)["y"]) / np.linalg.norm(ort_run(model, f)["y"])
-                             for f in ev)
+    errors = {method: _worst_relative_error(q, model, ev) for method, (q, _) in runs.items()}
+    q, ctx = runs["awq"]
     assert "Mul" not in [n.op_type for n in q.graph.node]  # neither a Mul(1/s) for o_proj nor for Q/K/V
     assert any("folded into the V columns of 'qkv_joined'" in note for note in ctx.report.notes), ctx.report.notes
     o_proj = next(m for m in ctx.report.matched if m["node"] == "o_proj")
