@@ -106,6 +106,7 @@ def _drop_weights(ir_model) -> None:
         if isinstance(obj, ir.Value) and obj.const_value is not None and obj.const_value.size >= 1024:
             obj.const_value = None
 
+
 def _forget_trace() -> None:
     """Let the traced FX graph go once the ONNX model is out.
 
