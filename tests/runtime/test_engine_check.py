@@ -272,6 +272,23 @@ def test_auto_rejects_options_neither_backend_takes(package):
         assert model.backend_name == "onnxruntime"
 
 
+def test_spinning_option_reaches_the_ort_session(package):
+    from trtcompile.runtime.ort_backend import DEFAULT_SPIN_US
+
+    def entry_of(model, key):
+        return model.backend.session.get_session_options().get_session_config_entry(key)
+
+    with runtime.load(package, threads=1) as model:  # the default: a bounded spin, during runs only
+        assert entry_of(model, "session.intra_op.allow_spinning") == "1"
+        assert entry_of(model, "session.intra_op.spin_duration_us") == str(DEFAULT_SPIN_US)
+        assert entry_of(model, "session.force_spinning_stop") == "1"
+    with runtime.load(package, threads=1, spinning=False) as model:  # auto passes it to ONNX Runtime too
+        assert entry_of(model, "session.intra_op.allow_spinning") == "0"
+    for bad in (-1, 2.5, "fast"):
+        with pytest.raises(ValueError, match="spinning=.* microseconds"):
+            runtime.load(package, backend="onnxruntime", spinning=bad)
+
+
 def test_inspect_shows_engines_buckets_and_memory_per_bucket(package, tmp_path):
     import shutil
 

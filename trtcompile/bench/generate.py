@@ -131,10 +131,11 @@ def ct2_model(work: Path, checkpoint: Path) -> Path:
 
 
 class Ours:
-    def __init__(self, package: Path, threads: int, spinning: bool = False, config: dict | None = None):
+    def __init__(self, package: Path, threads: int, spinning: bool | int | None = None, config: dict | None = None):
         from trtcompile import runtime
 
-        self.model = runtime.load(package, backend="onnxruntime", threads=threads, spinning=spinning, config=config)
+        options = {} if spinning is None else {"spinning": spinning}  # None: the runtime's default
+        self.model = runtime.load(package, backend="onnxruntime", threads=threads, config=config, **options)
 
     def __call__(self, ids: np.ndarray, new: int) -> list[float]:
         start, marks = time.perf_counter(), []
@@ -306,8 +307,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tables", default="1,2,3,4", help="which tables to run")
     parser.add_argument("--ours", default="fp16,fp32", help="our static-cache packages by cache dtype (fp16, fp32); "
                                                             "the first one serves tables 3 and 4")
-    parser.add_argument("--contended", default="default,spinning,dynamic,1thread",
-                        help="our ORT settings in table 4 (each one more session: fewer keep the run under 3 GB)")
+    parser.add_argument("--contended", default="default,nospin,spinning,1thread",
+                        help="our ORT settings in table 4: default, nospin, spinning (ORT's unbounded), spinN "
+                             "(N microseconds), dynamic, 1thread (each one more session: fewer keep the run "
+                             "under 3 GB)")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     args.work.mkdir(parents=True, exist_ok=True)
@@ -386,17 +389,23 @@ def _throughput_table(fp16, prompt, main_dtype, stream_counts, rounds, note) -> 
 
 
 def _contended_table(args, checkpoint, main_dtype, fp16, others, short, note) -> None:
+    from trtcompile.runtime.ort_backend import DEFAULT_SPIN_US
+
     package, wanted = our_package(args.work, checkpoint, main_dtype), args.contended.split(",")
-    settings = {}
+    name, settings = f"ours {main_dtype} cache, {args.threads} threads", {}
     if "default" in wanted:
-        settings[f"ours {main_dtype} cache, {args.threads} threads, no spinning"] = fp16
+        settings[f"{name}, spin {DEFAULT_SPIN_US} us during runs (default)"] = fp16
+    for value in (w for w in wanted if w.startswith("spin") and w[4:].isdigit()):  # e.g. spin200
+        settings[f"{name}, spin {value[4:]} us during runs"] = Ours(package, args.threads, spinning=int(value[4:]))
+    if "nospin" in wanted:
+        settings[f"{name}, no spinning"] = Ours(package, args.threads, spinning=False)
     if "spinning" in wanted:
-        settings[f"ours {main_dtype} cache, {args.threads} threads, spinning"] = Ours(package, args.threads, spinning=True)
+        settings[f"{name}, ORT's unbounded spinning"] = Ours(package, args.threads, spinning=True)
     if "dynamic" in wanted:
-        settings[f"ours {main_dtype} cache, {args.threads} threads, dynamic blocks"] = Ours(
-            package, args.threads, config={"session.dynamic_block_base": "4"})
+        settings[f"{name}, default + dynamic blocks"] = Ours(package, args.threads,
+                                                             config={"session.dynamic_block_base": "4"})
     if "1thread" in wanted:
-        settings[f"ours {main_dtype} cache, 1 thread, no spinning"] = Ours(package, 1)
+        settings[f"ours {main_dtype} cache, 1 thread"] = Ours(package, 1)
     settings.update(others)
     quiet = alternate(settings, short, args.steps, args.rounds)
     with BusyProcess():

@@ -158,7 +158,7 @@ class BackendFallbackWarning(UserWarning):
 
 
 TENSORRT_OPTIONS = {"device", "cuda_graphs", "copy_outputs", "runtime", "lean_library"}
-ONNXRUNTIME_OPTIONS = {"providers", "threads"}
+ONNXRUNTIME_OPTIONS = {"providers", "threads", "spinning"}
 
 
 def tensorrt_unavailable_reason(manifest: Manifest, **options) -> str | None:

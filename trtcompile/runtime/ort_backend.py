@@ -16,19 +16,39 @@ from trtcompile.runtime.shapes import Bucket
 MATMULNBITS_ACCURACY_LEVEL = 4
 
 
-def session_options(*, threads: int | None = None, spinning: bool = False, config: dict[str, str] | None = None):
+# How long (microseconds) an idle intra-op thread spins for the next op before it sleeps, and only
+# while a Run is in progress (`session.force_spinning_stop`). A decode step is a few hundred ops with
+# gaps of a few microseconds: a worker that sleeps between them pays a futex wake-up per parallel
+# op, while one that spins without bound takes a core from every other process. A short bounded
+# spin gets most of the quiet-machine speed of spinning and little of its cost under contention;
+# `trtcompile bench generate` (table 4) measures the settings quiet and contended.
+DEFAULT_SPIN_US = 50
+
+
+def spin_config(spinning: bool | int) -> dict[str, str]:
+    """ORT session config for `spinning`: False/0 never spins, True spins as ORT does by default (idle
+    threads keep spinning between runs too), an int spins that many microseconds, during runs only."""
+    if isinstance(spinning, bool):
+        flag = "1" if spinning else "0"
+        return {"session.intra_op.allow_spinning": flag, "session.inter_op.allow_spinning": flag}
+    if not isinstance(spinning, int) or spinning < 0:
+        raise ValueError(f"spinning={spinning!r} is not True, False or a number of microseconds >= 0")
+    if spinning == 0:
+        return spin_config(False)
+    return {"session.intra_op.allow_spinning": "1", "session.inter_op.allow_spinning": "1",
+            "session.intra_op.spin_duration_us": str(spinning), "session.force_spinning_stop": "1"}
+
+
+def session_options(*, threads: int | None = None, spinning: bool | int = DEFAULT_SPIN_US,
+                    config: dict[str, str] | None = None):
     """The runtime's ORT session options (the benchmarks build theirs here too, so they measure the same)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads = threads
-    # Spinning keeps idle worker threads busy-waiting for the next op: a little faster on an idle
-    # machine, but on a shared CPU the spinners steal the cores the other threads (and other
-    # processes) need. Off by default; `trtcompile bench generate` measures both, quiet and contended.
-    spin = "1" if spinning else "0"
-    opts.add_session_config_entry("session.intra_op.allow_spinning", spin)
-    opts.add_session_config_entry("session.inter_op.allow_spinning", spin)
+    for key, value in spin_config(spinning).items():
+        opts.add_session_config_entry(key, value)
     for key, value in (config or {}).items():  # any other ORT session config entry
         opts.add_session_config_entry(str(key), str(value))
     opts.log_severity_level = 3
@@ -41,7 +61,7 @@ class OnnxRuntimeBackend:
     name = "onnxruntime"
 
     def __init__(self, manifest: Manifest, *, providers: list[str] | None = None, threads: int | None = None,
-                 spinning: bool = False, config: dict[str, str] | None = None):
+                 spinning: bool | int = DEFAULT_SPIN_US, config: dict[str, str] | None = None):
         try:
             import onnxruntime as ort
         except ImportError as exc:

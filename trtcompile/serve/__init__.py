@@ -31,6 +31,7 @@ class ServeSettings:
     drain_timeout: float = 30.0  # seconds SIGTERM waits for requests in flight
     batch_window_ms: float = 0.0  # embeddings: the first input waits this long for others to share its run
     threads: int | None = None   # ONNX Runtime intra-op threads per model (None: ORT's default)
+    spin_us: int | None = None   # ONNX Runtime: how long idle threads spin during a run (None: the runtime's default)
     log_level: str = "info"
 
 
@@ -64,8 +65,10 @@ def load_models(packages: dict[str, str | Path], settings: ServeSettings, metric
 
 
 def _backend_options(path, settings: ServeSettings) -> dict:
-    """threads is an ONNX Runtime option: pass it only where that backend will run."""
-    if not settings.threads or settings.backend == "tensorrt":
+    """threads and spin_us are ONNX Runtime options: pass them only where that backend will run."""
+    options = {key: value for key, value in (("threads", settings.threads), ("spinning", settings.spin_us))
+               if value is not None}
+    if not options or settings.backend == "tensorrt":
         return {}
     if settings.backend == "auto":
         from trtcompile.runtime import tensorrt_unavailable_reason
@@ -73,7 +76,7 @@ def _backend_options(path, settings: ServeSettings) -> dict:
 
         if not tensorrt_unavailable_reason(read_manifest(path, check_files=False)):
             return {}
-    return {"threads": settings.threads}
+    return options
 
 
 def run_server(served: dict, metrics, settings: ServeSettings, on_ready=None) -> None:
