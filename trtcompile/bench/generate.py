@@ -16,7 +16,9 @@ same checkpoint. Every engine gets the same prompt ids, greedy, `--threads` intr
 4. Time per token with one competing busy process (a Python spin loop) against quiet, same run,
    for our ONNX Runtime settings (threads, spinning) and the peers.
 
-Run it on a quiet machine; quote medians.
+Every engine is created --instances times in mirrored order and used in turn: on this VM an ONNX
+Runtime session's speed depends on when it was created in the process. Run it on a quiet machine;
+quote medians.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import subprocess
 import sys
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -233,6 +236,43 @@ class HF:
         return self.last
 
 
+class Instances:
+    """Copies of one engine, used in turn. On this VM an ONNX Runtime session's speed depends on when it
+    was created in the process (the first ones 10-30% slower, measured with `bench decode --instances`),
+    so every engine gets copies created in mirrored order (A B C, C B A) and the rounds rotate through
+    them: each engine's median then mixes early and late creation alike."""
+
+    def __init__(self, copies: list):
+        self.copies, self.turn = copies, 0
+        self.model = getattr(copies[0], "model", None)
+
+    def __call__(self, ids: np.ndarray, new: int) -> list[float]:
+        run = self.copies[self.turn % len(self.copies)]
+        self.turn += 1
+        return run(ids, new)
+
+    def warm(self, ids: np.ndarray, new: int) -> None:
+        for run in self.copies:
+            run(ids, new)
+
+    def tokens(self, ids: np.ndarray, new: int) -> list[int]:
+        return self.copies[0].tokens(ids, new)
+
+    def close(self) -> None:
+        for run in self.copies:
+            if hasattr(getattr(run, "model", None), "close"):
+                run.model.close()
+
+
+def create_balanced(factories: dict, copies: int) -> dict[str, Instances]:
+    """{name: Instances}: `copies` of each engine, created A B C, C B A, A B C, ..."""
+    made: dict[str, list] = {name: [] for name in factories}
+    for i in range(copies):
+        for name in (list(factories) if i % 2 == 0 else reversed(list(factories))):
+            made[name].append(factories[name]())
+    return {name: Instances(runs) for name, runs in made.items()}
+
+
 # --- measurements --------------------------------------------------------------------------------
 
 
@@ -251,7 +291,7 @@ def alternate(engines: dict, ids: np.ndarray, new: int, rounds: int) -> dict[str
     usable = {}
     for name, run in engines.items():
         try:
-            run(ids, min(new, 4))
+            getattr(run, "warm", run)(ids, min(new, 4))
             usable[name] = run
         except InputError:  # e.g. the concat form's prefill bucket is shorter than this prompt
             pass
@@ -307,6 +347,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tables", default="1,2,3,4", help="which tables to run")
     parser.add_argument("--ours", default="fp16,fp32", help="our static-cache packages by cache dtype (fp16, fp32); "
                                                             "the first one serves tables 3 and 4")
+    parser.add_argument("--instances", type=int, default=2, help="copies of each engine, created in mirrored "
+                        "order and used in turn (a session's speed here depends on when it was created)")
     parser.add_argument("--contended", default="default,nospin,spinning,1thread",
                         help="our ORT settings in table 4: default, nospin, spinning (ORT's unbounded), spinN "
                              "(N microseconds), dynamic, 1thread (each one more session: fewer keep the run "
@@ -320,21 +362,24 @@ def main(argv: list[str] | None = None) -> None:
 
     checkpoint = args.checkpoint or smollm2_checkpoint(args.work)
     dtypes = [d for d in args.ours.split(",") if d]
-    ours = {f"ours {d} cache": Ours(our_package(args.work, checkpoint, d), args.threads) for d in dtypes}
+    factories = {f"ours {d} cache": partial(Ours, our_package(args.work, checkpoint, d), args.threads) for d in dtypes}
     if args.concat:
-        ours["ours concat cache (before)"] = Ours(our_package(args.work, checkpoint, "concat"), args.threads)
-    others = {}
+        factories["ours concat cache (before)"] = partial(Ours, our_package(args.work, checkpoint, "concat"), args.threads)
     if "ortgenai" in peers:
-        others["ORT GenAI fp32"] = OrtGenAI(ortgenai_model(args.work, checkpoint, args.threads))
+        factories["ORT GenAI fp32"] = partial(OrtGenAI, ortgenai_model(args.work, checkpoint, args.threads))
     if "ct2" in peers:
-        others["CTranslate2 fp32"] = CTranslate2(ct2_model(args.work, checkpoint), checkpoint, args.threads)
+        factories["CTranslate2 fp32"] = partial(CTranslate2, ct2_model(args.work, checkpoint), checkpoint, args.threads)
     if "hf" in peers:
-        others["HF generate fp32"] = HF(checkpoint, args.threads)
+        factories["HF generate fp32"] = partial(HF, checkpoint, args.threads)
+    made = create_balanced(factories, args.instances)
+    ours = {name: made[name] for name in factories if name.startswith("ours")}
+    others = {name: made[name] for name in factories if not name.startswith("ours")}
     engines = {**ours, **others}
     rng = np.random.default_rng(0)
     vocab = int(json.loads((checkpoint / "config.json").read_text())["vocab_size"])
     note = (f"SmolLM2-135M-Instruct (real weights, fp32), greedy, {args.threads} threads each, medians over "
-            f"{args.rounds} alternated calls; shared 2-core machine")
+            f"{args.rounds} alternated calls over {args.instances} copies of each engine created in mirrored order; "
+            f"2-core machine")
 
     tables = set(args.tables.split(","))
     # Same tokens? (greedy, 32 steps from the TTFT prompt)
@@ -360,9 +405,9 @@ def main(argv: list[str] | None = None) -> None:
     if "3" in tables:
         _throughput_table(fp16, prompt, main_dtype, stream_counts, args.rounds, note)
     if "4" in tables:
-        _contended_table(args, checkpoint, main_dtype, fp16, others, short, note)
-    for engine in ours.values():
-        engine.model.close()
+        _contended_table(args, checkpoint, main_dtype, others, short, note)
+    for engine in made.values():
+        engine.close()
 
 
 def _ttft_table(args, engines, ours, ids, short, reference_engine, note) -> None:
@@ -388,24 +433,27 @@ def _throughput_table(fp16, prompt, main_dtype, stream_counts, rounds, note) -> 
                 note=f"peak rows in one decode step: {fp16.model._scheduler.stats['peak_rows']}; " + note)
 
 
-def _contended_table(args, checkpoint, main_dtype, fp16, others, short, note) -> None:
+def _contended_table(args, checkpoint, main_dtype, others, short, note) -> None:
     from trtcompile.runtime.ort_backend import DEFAULT_SPIN_US
 
     package, wanted = our_package(args.work, checkpoint, main_dtype), args.contended.split(",")
-    name, settings = f"ours {main_dtype} cache, {args.threads} threads", {}
+    name, factories = f"ours {main_dtype} cache, {args.threads} threads", {}
     if "default" in wanted:
-        settings[f"{name}, spin {DEFAULT_SPIN_US} us during runs (default)"] = fp16
+        factories[f"{name}, spin {DEFAULT_SPIN_US} us during runs (default)"] = partial(Ours, package, args.threads)
     for value in (w for w in wanted if w.startswith("spin") and w[4:].isdigit()):  # e.g. spin200
-        settings[f"{name}, spin {value[4:]} us during runs"] = Ours(package, args.threads, spinning=int(value[4:]))
+        factories[f"{name}, spin {value[4:]} us during runs"] = partial(Ours, package, args.threads,
+                                                                         spinning=int(value[4:]))
     if "nospin" in wanted:
-        settings[f"{name}, no spinning"] = Ours(package, args.threads, spinning=False)
+        factories[f"{name}, no spinning"] = partial(Ours, package, args.threads, spinning=False)
     if "spinning" in wanted:
-        settings[f"{name}, ORT's unbounded spinning"] = Ours(package, args.threads, spinning=True)
+        factories[f"{name}, ORT's unbounded spinning"] = partial(Ours, package, args.threads, spinning=True)
     if "dynamic" in wanted:
-        settings[f"{name}, default + dynamic blocks"] = Ours(package, args.threads,
-                                                             config={"session.dynamic_block_base": "4"})
+        factories[f"{name}, default + dynamic blocks"] = partial(Ours, package, args.threads,
+                                                                 config={"session.dynamic_block_base": "4"})
     if "1thread" in wanted:
-        settings[f"ours {main_dtype} cache, 1 thread"] = Ours(package, 1)
+        factories[f"ours {main_dtype} cache, 1 thread"] = partial(Ours, package, 1)
+    settings = create_balanced(factories, args.instances)
+    made = dict(settings)
     settings.update(others)
     quiet = alternate(settings, short, args.steps, args.rounds)
     with BusyProcess():
@@ -414,6 +462,8 @@ def _contended_table(args, checkpoint, main_dtype, fp16, others, short, note) ->
                 ["engine", "quiet", "contended", "contended / quiet", "TTFT quiet", "TTFT contended"],
                 [[n, med(quiet[n][1]), med(busy[n][1]), med(busy[n][1]) / med(quiet[n][1]), med(quiet[n][0]),
                   med(busy[n][0])] for n in settings], note=note)
+    for engine in made.values():
+        engine.close()
 
 
 if __name__ == "__main__":
