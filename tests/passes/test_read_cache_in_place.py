@@ -74,9 +74,12 @@ def test_attention_not_reading_a_static_cache_is_declined_with_a_reason():
     assert not report.matched and "Slice" in report.declined[0]["reason"]
 
 
-def test_kv_length_reads_the_whole_cache_past_half_of_it():
+def test_kv_length_reads_the_whole_cache_past_half_of_an_fp32_one_and_70_percent_of_an_fp16_one():
     from trtcompile.runtime.static_cache import KV_STEP, kv_length
 
     assert kv_length(1, 2112) == KV_STEP and kv_length(17, 2112) == KV_STEP
     assert kv_length(1025, 2112) == 1056  # a prefix up to half the cache
     assert kv_length(1057, 2112) == kv_length(2049, 2112) == 2112  # then the whole cache, read in place
+    # FP16: its prefix is cast either way, so the prefix read stays cheaper up to 70% of the cache.
+    assert kv_length(1057, 2112, itemsize=2) == 1088 and kv_length(1478, 2112, itemsize=2) == 1504
+    assert kv_length(1479, 2112, itemsize=2) == kv_length(2049, 2112, itemsize=2) == 2112

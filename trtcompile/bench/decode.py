@@ -69,9 +69,9 @@ class Cell:
         from trtcompile.runtime.static_cache import kv_length
 
         self.package, self.context = package, context
-        self.kv_len = kv_len or kv_length(context + 1, _max_cache(package))
         self.session = _session(package, threads, os.path.join(tmp, f"decode-{id(self)}"))
         self.cache, _ = _cache(package, self.session, rows)
+        self.kv_len = kv_len or kv_length(context + 1, self.cache.max_cache, self.cache.dtype.itemsize)
         self.ids = np.full((rows, 1), 42, np.int64)
         self.write = np.full(rows, context, np.int64)
         self.walls: list[float] = []

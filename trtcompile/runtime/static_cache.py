@@ -10,14 +10,14 @@ range of rows: a prefill chunk on one row (batch 1 at that row's offset), a deco
 
 The protocol (what runtime/scheduler.py uses, nothing else):
 
-    cache.slots, cache.max_cache, cache.vocab
+    cache.slots, cache.max_cache, cache.vocab, cache.dtype (numpy: the cache values' type)
     cache.run(first_row, ids [n, S], positions [n, S], write [n], kv_len) -> logits [n, vocab]
     cache.close()
 
 `write[i]` is where row first_row+i's S new tokens go (its current length); attention reads the
 first kv_len slots of each row (>= every row's write + S, a multiple of KV_STEP so shapes repeat;
-past half the cache, all max_cache slots, which the graph reads in place instead of copying a
-prefix: kv_length below), and the graph's own causal rule (slot j visible to new token i iff j <= write + i) hides whatever
+past WHOLE_CACHE_FROM of the cache, all max_cache slots, which the graph reads in place instead of
+copying a prefix: kv_length below), and the graph's own causal rule (slot j visible to new token i iff j <= write + i) hides whatever
 a row holds beyond its length, so the mask input is all ones and costs nothing per step.
 
 Imports numpy only (+ the backend's own libraries, lazily).
@@ -32,15 +32,19 @@ import numpy as np
 KV_STEP = 32
 # Past this share of the cache, attention reads the whole cache in place rather than a prefix:
 # reading a prefix copies it first (ONNX Runtime's Slice always copies), which costs about what
-# attention's own read does, so from half the cache on the whole read is the cheaper one. A
-# package's graph takes kv_len == max_cache as "read the cache in place" (passes/read_cache_in_place.py);
-# for one compiled before that, the whole read is merely a longer prefix.
-WHOLE_CACHE_FROM = 0.5
+# attention's own read does. A package's graph takes kv_len == max_cache as "read the cache in place"
+# (passes/read_cache_in_place.py); for one compiled before that, the whole read is merely a longer
+# prefix. Where the two cost the same depends on the cache's precision: an FP32 prefix's copy is as
+# dear as reading the rest, so half; an FP16 one is cast to FP32 either way (whole: every slot), so
+# the prefix stays cheaper longer (`trtcompile bench decode` on SmolLM2, 2112 slots, contexts
+# 1100:1120 vs 1100:2112: 30 vs 41 ms in the cache-read If per step, 1500: equal). By item size.
+WHOLE_CACHE_FROM = {2: 0.7, 4: 0.5}
 
 
-def kv_length(needed: int, max_cache: int) -> int:
-    """How many cache slots a call reads: the context rounded up to KV_STEP, or all of them."""
-    if needed > max_cache * WHOLE_CACHE_FROM:
+def kv_length(needed: int, max_cache: int, itemsize: int = 4) -> int:
+    """How many cache slots a call reads: the context rounded up to KV_STEP, or all of them (past
+    WHOLE_CACHE_FROM of a cache of `itemsize`-byte values)."""
+    if needed > max_cache * WHOLE_CACHE_FROM.get(itemsize, 0.5):
         return max_cache
     return min(max_cache, -(-needed // KV_STEP) * KV_STEP)
 
