@@ -245,6 +245,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--spin-us", type=int, help="ORT spin-wait in microseconds, 0 = none (default: the runtime's)")
     parser.add_argument("--no-profile", action="store_true", help="time the steps without ORT's profiler")
     args = parser.parse_args(argv)
+    if args.genai and not (args.genai / "genai_config.json").is_file():
+        raise SystemExit(f"--genai {args.genai}: no genai_config.json there; give the directory ONNX Runtime GenAI's "
+                         f"model builder wrote (`trtcompile bench generate` makes one under its --work directory)")
+    if args.instances < 1:
+        raise SystemExit(f"--instances {args.instances}: give 1 or more sessions per column")
     contexts = [c for c in args.contexts.split(",")]
     sources = [*args.packages, *(["genai"] if args.genai else [])]
     cells, keys = [], []
