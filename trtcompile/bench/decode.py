@@ -21,8 +21,9 @@ SkipSimplifiedLayerNormalization, ...) as a column, run by this same ONNX Runtim
 session options, its cache bound in place as GenAI binds it (past_present_share_buffer): the graphs
 side by side, op type by op type, with the runtimes' loops left out.
 
-`--instances N` makes N sessions per column, created in turn across the columns, and reports their
-mean. On the 2-core VM this was written on, an ORT session's speed depended on when it was created in
+`--instances N` makes N sessions per column, created in turn across the columns (the order reversed
+every other round, so with an even N every column's sessions sit at the same mean creation position),
+and reports their mean. On the 2-core VM this was written on, an ORT session's speed depended on when it was created in
 the process: of 4 identical SmolLM2 sessions stepped in random order the first-created was 10-30%
 slower, every run (its prepacked weights' memory; the effect vanished with prepacking off, where all
 sessions read the same mapped file). One session per column measures that placement, not the graph.
@@ -193,8 +194,11 @@ def profile_cells(cells: list[tuple[Path, int, int | None]], rows: int, steps: i
     with tempfile.TemporaryDirectory() as tmp:
         trace_dir = tmp if profile else None
         live: list[list[_Timed]] = [[] for _ in cells]
-        for _ in range(instances):  # in turn: no cell owns all the first-created (slower) sessions
-            for group, (package, context, kv_len) in zip(live, cells):
+        for round_ in range(instances):
+            # In turn, the order reversed every other round (A B, B A, ...): with an even count every
+            # cell's sessions have the same mean creation position, so none owns the earlier (slower) ones.
+            turn = list(zip(live, cells))
+            for group, (package, context, kv_len) in (turn[::-1] if round_ % 2 else turn):
                 group.append(GenAICell(genai, context, rows, threads, trace_dir, spinning) if package == "genai"
                              else Cell(package, context, rows, threads, kv_len, trace_dir, spinning))
         flat = [cell for group in live for cell in group]
@@ -241,7 +245,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--nodes", type=int, default=0, help="also list the N costliest node kinds")
     parser.add_argument("--genai", type=Path, help="an ONNX Runtime GenAI model directory: its graph as a column")
     parser.add_argument("--instances", type=int, default=1,
-                        help="sessions per column, created in turn, averaged (see the module docstring)")
+                        help="sessions per column, created in turn, averaged; even numbers balance the creation order "
+                             "(see the module docstring)")
     parser.add_argument("--spin-us", type=int, help="ORT spin-wait in microseconds, 0 = none (default: the runtime's)")
     parser.add_argument("--no-profile", action="store_true", help="time the steps without ORT's profiler")
     args = parser.parse_args(argv)
