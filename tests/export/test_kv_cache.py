@@ -211,6 +211,23 @@ def test_decode_profile_shows_which_cache_read_ran(llama_package):
     assert {"Attention", "TensorScatter", "MatMul"} <= set(whole["ops"])
 
 
+def test_decode_bench_averages_sessions_created_in_turn(llama_package):
+    """`bench decode --instances 2 --no-profile`: two sessions per cell, each timed, the cell's figure
+    their mean; without the profiler there are step times but no per-op table."""
+    from trtcompile.bench.decode import profile_cells
+
+    short, longer = profile_cells([(llama_package, 20, None), (llama_package, 40, None)], rows=1, steps=2,
+                                  threads=1, instances=2, profile=False, spinning=False)
+    for cell in (short, longer):
+        walls = [r["wall_ms"] for r in cell["instances"]]
+        assert len(walls) == 2 and all(w > 0 for w in walls)
+        assert cell["wall_ms"] == pytest.approx(sum(walls) / 2)
+        assert cell["ops"] == {} and np.isnan(cell["run_ms"])
+    assert (short["kv_len"], longer["kv_len"]) == (32, 64)
+    profiled, = profile_cells([(llama_package, 20, None)], rows=1, steps=2, threads=1, instances=2)
+    assert profiled["kernels"] > 0 and {"MatMul", "TensorScatter"} <= set(profiled["ops"])
+
+
 def test_last_position_logits_equal_the_full_graphs_last_column(llama_package, tmp_path_factory):
     full = compiled_decoder("llama", tmp_path_factory.mktemp("decoders"), all_logits=True)
     ids = np.array([[5, 17, 33, 9, 8]], np.int64)
