@@ -220,10 +220,6 @@ def _mean_of(results: list[dict]) -> dict:
     return {**mean, "kv_len": results[0]["kv_len"], "instances": results}
 
 
-def _max_cache(package: Path) -> int:
-    return int(json.loads((package / "manifest.json").read_text())["generation"]["max_cache"])
-
-
 def _node_kind(event: dict) -> str:
     """A node's name with its layer numbers dropped (node_slice_13 and node_slice_15 are one kind),
     plus its op type, so a per-layer op sums over the layers."""
