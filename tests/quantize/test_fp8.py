@@ -141,6 +141,10 @@ def test_fp8_gate_on_a_language_model_ranks_by_kl_and_keeps_the_sensitive_layer(
     assert body["node"] == "body" and "KL alone" in body["reason"]
     sensitivity = ctx.report.extra["sensitivity"]
     assert list(sensitivity) == ["body", "lm_head"] and sensitivity["body"] > 100 * sensitivity["lm_head"]
+    curve = ctx.report.extra["fallback_curve"]  # both FP8 (below target), then the head alone (meets it)
+    assert [p["quantized"] for p in curve] == [2, 1]
+    assert curve[0]["score"] < 0.95 <= curve[1]["score"]
+    assert abs(curve[1]["score"] - ctx.report.extra["accuracy"]["score"]) < 1e-6
     agree = [ort_run(q, f)["logits"].argmax(-1) == ort_run(model, f)["logits"].argmax(-1) for f in ev]
     top1 = float(np.mean(np.concatenate([a.ravel() for a in agree])))
     assert top1 >= 0.95 and top1 == ctx.report.extra["accuracy"]["score"]
