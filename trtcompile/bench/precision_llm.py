@@ -119,6 +119,10 @@ VARIANTS = {
     # More calibration: all of samples/calibration.txt (157 lines, 3/4 for calibration) instead of
     # 64, and 1024 activation rows per AWQ search instead of 256; GPTQ also with act-order.
     "int4 AWQ b128 sym, 157 lines": ("int4", {"int4_method": "awq", "num_samples": 157, "awq_rows": 1024}),
+    # The last decoder layer's MLP (its joined gate/up and down MatMuls, by their names in the fused
+    # SmolLM2 graph; `--exclude-node` in compile) kept float: the most sensitive part under INT4.
+    "int4 AWQ b128 sym, last MLP float": ("int4", {"int4_method": "awq",
+                                                   "exclude_nodes": ("node_linear_207_joined", "node_linear_209")}),
     "int4 AWQ+GPTQ act-order b128 sym, 157 lines": ("int4", {"int4_method": "gptq", "num_samples": 157,
                                                             "awq_rows": 1024, "gptq_act_order": True}),
     # Caveat row: block-32 asymmetric is the GGUF's own grid (Q4_1), so it nearly reproduces the weights.
