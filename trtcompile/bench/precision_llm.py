@@ -116,6 +116,15 @@ VARIANTS = {
     "int4 AWQ+GPTQ b128 sym": ("int4", {"int4_method": "gptq"}),
     "int4 AWQ b32 sym": ("int4", {"int4_method": "awq", "int4_block_size": 32}),
     "int4 AWQ+GPTQ b32 sym": ("int4", {"int4_method": "gptq", "int4_block_size": 32}),
+    # More calibration: all of samples/calibration.txt (157 lines, 3/4 for calibration) instead of
+    # 64, and 1024 activation rows per AWQ search instead of 256; GPTQ also with act-order.
+    "int4 AWQ b128 sym, 157 lines": ("int4", {"int4_method": "awq", "num_samples": 157, "awq_rows": 1024}),
+    # The last decoder layer's MLP (its joined gate/up and down MatMuls, by their names in the fused
+    # SmolLM2 graph; `--exclude-node` in compile) kept float: the most sensitive part under INT4.
+    "int4 AWQ b128 sym, last MLP float": ("int4", {"int4_method": "awq",
+                                                   "exclude_nodes": ("node_linear_207_joined", "node_linear_209")}),
+    "int4 AWQ+GPTQ act-order b128 sym, 157 lines": ("int4", {"int4_method": "gptq", "num_samples": 157,
+                                                            "awq_rows": 1024, "gptq_act_order": True}),
     # Caveat row: block-32 asymmetric is the GGUF's own grid (Q4_1), so it nearly reproduces the weights.
     "int4 RTN b32 asym (GGUF-like)": ("int4", {"int4_method": "rtn", "int4_block_size": 32, "int4_symmetric": False}),
     "fp8": ("fp8", {}),  # GPTQ-rounded weights, LM head float (the defaults)
@@ -143,7 +152,8 @@ def _our_rows(args, work: Path) -> tuple[dict, dict]:
     calibration = CalibrationSettings(data=SAMPLES / "calibration.txt", int4_activations="fp32")
     from trtcompile.quantize.step import calibration_feeds
 
-    cal_feeds, cal_held_out = calibration_feeds(meta, replace(calibration, num_samples=64))
+    calibration = replace(calibration, num_samples=64)
+    cal_feeds, cal_held_out = calibration_feeds(meta, calibration)
     info = {"eval": evaluation, "eval_tokens": int(sum(f["attention_mask"].sum() for f in evaluation)),
             "accuracy_level": ort_backend.MATMULNBITS_ACCURACY_LEVEL, "tokenizer": meta["source"].get("tokenizer_dir")}
     rows = {}
@@ -159,7 +169,15 @@ def _our_rows(args, work: Path) -> tuple[dict, dict]:
         # The quantizer's own gate sees one held-out row (its report), or with a target the
         # calibration text's held-out quarter, as in `compile`; the table is measured below.
         gate_feeds = cal_held_out if overrides.get("accuracy_target") else evaluation[:1]
-        model, note = _apply(fused, precision, replace(calibration, **overrides), cal_feeds, gate_feeds)
+        overrides = dict(overrides)
+        knobs = {k: overrides.pop(k) for k in ("awq_rows", "gptq_act_order") if k in overrides}
+        row_cal = replace(calibration, **overrides)
+        feeds = cal_feeds
+        if row_cal.num_samples != 64:
+            feeds, held_out = calibration_feeds(meta, row_cal)
+            gate_feeds = held_out if overrides.get("accuracy_target") else gate_feeds
+        with _int4_knobs(**knobs):
+            model, note = _apply(fused, precision, row_cal, feeds, gate_feeds)
         seconds = time.perf_counter() - t
         out = work / name.replace(" ", "_").replace(",", "").replace("(", "").replace(")", "")
         package_stage(model, out, reports=[], warnings=[], build=BuildSettings(), progress=progress)
@@ -280,6 +298,28 @@ def _measure_accuracy(rows: dict, meta: dict) -> None:
         row["accuracy"] = {"perplexity": acc["perplexity"], "perplexity_fp32": acc["perplexity_fp32"],
                            "top1": acc["top1_agreement"], "tokens": acc["perplexity_tokens"]}
         row.pop("logits")
+
+
+class _int4_knobs:
+    """quantize/int4.py's module settings for one row (AWQ's sample rows, GPTQ's act-order)."""
+
+    _NAMES = {"awq_rows": "_AWQ_ROWS", "gptq_act_order": "_GPTQ_ACT_ORDER"}
+
+    def __init__(self, **values):
+        self.values = {self._NAMES[k]: v for k, v in values.items()}
+
+    def __enter__(self):
+        from trtcompile.quantize import int4
+
+        self.saved = {k: getattr(int4, k) for k in self.values}
+        for k, v in self.values.items():
+            setattr(int4, k, v)
+
+    def __exit__(self, *exc):
+        from trtcompile.quantize import int4
+
+        for k, v in self.saved.items():
+            setattr(int4, k, v)
 
 
 class _file_lock:
