@@ -20,9 +20,11 @@ MATMULNBITS_ACCURACY_LEVEL = 4
 # while a Run is in progress (`session.force_spinning_stop`). A decode step is a few hundred ops with
 # gaps of a few microseconds: a worker that sleeps between them pays a futex wake-up per parallel
 # op, while one that spins without bound takes a core from every other process. A short bounded
-# spin gets most of the quiet-machine speed of spinning and little of its cost under contention;
-# `trtcompile bench generate` (table 4) measures the settings quiet and contended.
-DEFAULT_SPIN_US = 50
+# spin gets most of the quiet-machine speed of spinning and little of its cost under contention.
+# SmolLM2-135M, 2 threads, context 16, ms/token quiet / with one busy process (2026-11-30, `trtcompile
+# bench generate --tables 4 --contended default,spin10,spin25,nospin`): no spin 32.5 / 43.3, 10 us
+# 30.0 / 45.2, 25 us 29.2 / 47.9, 50 us 28.5 / 51.9, ORT's unbounded spinning 27.2 / 56.9.
+DEFAULT_SPIN_US = 10
 
 
 def spin_config(spinning: bool | int) -> dict[str, str]:
