@@ -23,7 +23,8 @@ MATMULNBITS_ACCURACY_LEVEL = 4
 # spin gets most of the quiet-machine speed of spinning and little of its cost under contention.
 # SmolLM2-135M, 2 threads, context 16, ms/token quiet / with one busy process (2026-11-30, `trtcompile
 # bench generate --tables 4 --contended default,spin10,spin25,nospin`): no spin 32.5 / 43.3, 10 us
-# 30.0 / 45.2, 25 us 29.2 / 47.9, 50 us 28.5 / 51.9, ORT's unbounded spinning 27.2 / 56.9.
+# 30.0 / 45.2, 25 us 29.2 / 47.9, 50 us 28.5 / 51.9; in another run that day ORT's unbounded
+# spinning 27.2 / 56.9 against no spin 31.2 / 41.3.
 DEFAULT_SPIN_US = 10
 
 
