@@ -77,18 +77,16 @@ def main(argv: list[str] | None = None) -> dict:
         base = rows["fp32"]
         for name, row in rows.items():
             acc = row["accuracy"]
-            results[name] = {k: v for k, v in row.items() if k not in ("model", "stream", "close", "logits")}
+            results[name] = {k: v for k, v in row.items() if k not in ("model", "logits")}
             table.append([name, f"{acc['perplexity']:.4f}", f"{acc['perplexity'] / base['accuracy']['perplexity']:.4f}",
                           f"{acc['top1']:.4f}", f"{row['size_mb']:.1f}",
                           f"{row['ms_per_token']:.2f}", f"{row['ms_per_token'] / base['ms_per_token']:.2f}",
                           f"{row.get('ttft_ms', float('nan')):.0f}"])
-            if "close" in row:
-                row["close"]()
     print_table(
         f"{args.checkpoint.name}: held-out text {meta['eval_tokens']} tokens ({args.eval_rows} rows x {args.eval_length}); "
         f"decode batch 1, prompt {args.prompt_tokens}, {args.new_tokens} new tokens, {args.threads} threads "
         f"(spinning {'on' if args.spinning else 'off'}, ours and GenAI's alike), "
-        f"rows timed round-robin x{args.rounds} (shared machine: read ratios)",
+        f"rows timed round-robin x{args.rounds} over {SPEED_COPIES} sessions each, created in mirrored order",
         ["variant", "perplexity", "vs fp32", "top-1 vs fp32", "size MB", "ms/token", "vs fp32", "TTFT ms"], table,
         note="INT4 rows: FP32 activations on CPU; ORT MatMulNBits accuracy level "
              f"{meta['accuracy_level']}. Caveat: SmolLM2's weights are a dequantized Q4_1 GGUF (asymmetric, "
@@ -358,27 +356,39 @@ class _level:
         ort_backend.MATMULNBITS_ACCURACY_LEVEL = self.saved
 
 
+# Copies of each row's session for timing, created in mirrored order (A B C, C B A) and used in
+# turn: on this VM an ONNX Runtime session's speed depends on when it was created in the process
+# (the first ones 10-30% slower; `trtcompile bench decode --instances`).
+SPEED_COPIES = 2
+
+
 def _measure_speed(rows: dict, args) -> None:
     from trtcompile import runtime as rt
 
     rng = np.random.default_rng(0)
     prompt = rng.integers(100, 20000, (1, args.prompt_tokens)).astype(np.int64)
-    streams = {}
-    for name, row in rows.items():
-        if "stream" in row:
-            streams[name] = row["stream"]
-            continue
-        with _level(row):
-            model = rt.load(row["package"], backend="onnxruntime", threads=args.threads, spinning=args.spinning)
-        row["close"] = model.close
-        streams[name] = (lambda m: lambda: m.stream(prompt, max_new_tokens=args.new_tokens, stop_tokens=[]))(model)
+
+    def ours(row):
+        def create():
+            with _level(row):
+                model = rt.load(row["package"], backend="onnxruntime", threads=args.threads, spinning=args.spinning)
+            return (lambda: model.stream(prompt, max_new_tokens=args.new_tokens, stop_tokens=[])), model.close
+        return create
+
+    factories = {name: row.pop("stream_factory", None) or ours(row) for name, row in rows.items()}
+    names, copies = list(rows), {name: [] for name in rows}
+    for i in range(SPEED_COPIES):
+        for name in (names if i % 2 == 0 else names[::-1]):
+            copies[name].append(factories[name]())
     per_token = {n: [] for n in rows}
     ttft = {n: [] for n in rows}
-    for name, make in streams.items():  # warm-up
-        for _ in make():
-            pass
-    for _ in range(args.rounds):
-        for name, make in streams.items():
+    for name in names:  # warm-up, every copy
+        for make, _ in copies[name]:
+            for _ in make():
+                pass
+    for round_ in range(args.rounds):
+        for name in names:
+            make = copies[name][round_ % SPEED_COPIES][0]
             last = time.perf_counter()
             for i, _ in enumerate(make()):
                 now = time.perf_counter()
@@ -387,7 +397,8 @@ def _measure_speed(rows: dict, args) -> None:
     for name, row in rows.items():
         row["ms_per_token"] = float(np.median(per_token[name]))
         row["ttft_ms"] = float(np.median(ttft[name]))
-        row.pop("stream", None)
+        for _, close in copies[name]:
+            close()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -406,24 +417,28 @@ def _genai_row(args, work: Path, meta: dict) -> dict:
     _genai_session_options(out, args.threads, args.spinning)
     import onnxruntime_genai as og
 
-    model = og.Model(str(out))
     rng = np.random.default_rng(0)
     prompt = rng.integers(100, 20000, (1, args.prompt_tokens)).astype(np.int32)
 
-    def stream():
-        params = og.GeneratorParams(model)
-        params.set_search_options(max_length=args.prompt_tokens + args.new_tokens, do_sample=False)
-        generator = og.Generator(model, params)
-        generator.append_tokens(prompt)
-        for _ in range(args.new_tokens):
-            if generator.is_done():
-                break
-            generator.generate_next_token()
-            yield generator.get_next_tokens()
+    def create():  # one og.Model (its own sessions) and a stream over it; _measure_speed creates copies
+        model = og.Model(str(out))
+
+        def stream():
+            params = og.GeneratorParams(model)
+            params.set_search_options(max_length=args.prompt_tokens + args.new_tokens, do_sample=False)
+            generator = og.Generator(model, params)
+            generator.append_tokens(prompt)
+            for _ in range(args.new_tokens):
+                if generator.is_done():
+                    break
+                generator.generate_next_token()
+                yield generator.get_next_tokens()
+
+        return stream, (lambda: None)
 
     ops = _op_counts(out / "model.onnx")
     return {"package": str(out), "size_mb": size / 2**20, "quantize_s": round(seconds, 1), "logits": logits,
-            "stream": stream, "note": f"builder {seconds:.0f}s; ops {ops}"}
+            "stream_factory": create, "note": f"builder {seconds:.0f}s; ops {ops}"}
 
 
 def _genai_session_options(out: Path, threads: int, spinning: bool) -> None:
