@@ -13,7 +13,7 @@ import onnx
 import onnx_graphsurgeon as gs
 import pytest
 from helpers import cosine, ort_run
-from one_matmul import one_matmul_model
+from one_matmul import one_matmul_model, tied_head_model
 from onnx import helper, numpy_helper
 from tiny_onnx import export, token_feeds
 
@@ -295,25 +295,15 @@ def test_awq_folds_through_the_joined_gate_up_split():
 
 
 def test_float_lm_head_keeps_reading_the_tied_embedding():
-    """Kept float (the default), a tied head reads the embedding through its Transpose: one table.
-
-        ids ── Gather(E) ── h ── MatMul(W) ── t ── MatMul(Transpose(E)) ── logits
-    """
+    """Kept float (the default), a tied head reads the embedding through its Transpose: one table."""
     rng = np.random.default_rng(4)
     vocab, hidden = 64, 32
     emb = rng.standard_normal((vocab, hidden)).astype(np.float32)
     w = rng.standard_normal((hidden, hidden)).astype(np.float32) * 0.2
-    nodes = [helper.make_node("Gather", ["E", "ids"], ["h"], name="embed"),
-             helper.make_node("MatMul", ["h", "W"], ["t"], name="proj"),
-             helper.make_node("Transpose", ["E"], ["Et"], perm=[1, 0], name="tied"),
-             helper.make_node("MatMul", ["t", "Et"], ["logits"], name="lm_head")]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("ids", onnx.TensorProto.INT64, ["b", "s"])],
-                              [helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["b", "s", vocab])],
-                              [numpy_helper.from_array(emb, "E"), numpy_helper.from_array(w, "W")])
-    model = _as_model(graph, 21)
+    model = tied_head_model(emb, w)
     ctx = PassContext()
     q = quantize_int4(model, None, CalibrationSettings(int4_method="rtn", int4_block_size=32), ctx)
-    assert [m["node"] for m in ctx.report.matched] == ["proj"]
+    assert [m["node"] for m in ctx.report.matched] == ["body"]
     assert any(d["node"] == "lm_head" and "kept float" in d["reason"] for d in ctx.report.declined), ctx.report.declined
     inits = _initializers(q)
     assert [k for k, v in inits.items() if v.size == vocab * hidden] == ["E"]
