@@ -49,13 +49,16 @@ def parse_models(package: Path | None, models: tuple[str, ...], name: str | None
 @click.option("--threads", type=click.IntRange(min=1), help="ONNX Runtime intra-op threads per model.")
 @click.option("--spin-us", type=click.IntRange(min=0), help="ONNX Runtime: microseconds an idle thread spins for "
               "the next op during a run (0: never spin; default: the runtime's short spin).")
+@click.option("--huge-pages/--no-huge-pages", default=True, show_default=True,
+              help="ONNX Runtime: put each model's weights on 2 MiB pages after loading (Linux THP; decode streams "
+                   "them every step).")
 @click.option("--drain-timeout", type=click.FloatRange(min=0), default=30.0, show_default=True,
               help="Seconds SIGTERM waits for requests in flight.")
 @click.option("--log-level", type=click.Choice(("critical", "error", "warning", "info", "debug")), default="info",
               show_default=True)
 @command_options
 def serve(package, models, name, host, port, backend, max_batch, max_queue, api_key, batch_window_ms, threads,
-          spin_us, drain_timeout, log_level):
+          spin_us, huge_pages, drain_timeout, log_level):
     """Serve packages over OpenAI's HTTP API: chat/completions (LMs), embeddings (encoders)."""
     from trtcompile.errors import UserError
 
@@ -66,7 +69,8 @@ def serve(package, models, name, host, port, backend, max_batch, max_queue, api_
         raise UserError(f"the server needs the 'serve' extra ({exc})", hint="pip install 'trtcompile[serve]'")
     settings = ServeSettings(host=host, port=port, backend=backend, max_batch=max_batch, max_queue=max_queue,
                              api_key=api_key, drain_timeout=drain_timeout, log_level=log_level,
-                             threads=threads, spin_us=spin_us, batch_window_ms=batch_window_ms)
+                             threads=threads, spin_us=spin_us, huge_pages=huge_pages,
+                             batch_window_ms=batch_window_ms)
     served, metrics = load_models(parse_models(package, models, name), settings)
     for m in served.values():
         card = m.card()

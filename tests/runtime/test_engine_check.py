@@ -289,6 +289,15 @@ def test_spinning_option_reaches_the_ort_session(package):
             runtime.load(package, backend="onnxruntime", spinning=bad)
 
 
+def test_weights_go_on_huge_pages_unless_told_not_to(package):
+    with runtime.load(package, backend="onnxruntime") as model:  # runtime/huge_pages.py; the default
+        assert model.backend.use_huge_pages is True
+        assert model.backend.huge_pages.report().startswith("huge pages: ")
+    with runtime.load(package, threads=1, huge_pages=False) as model:  # auto passes it to ONNX Runtime too
+        assert model.backend.use_huge_pages is False
+        assert model.backend.huge_pages.report() == "huge pages: off (huge_pages=False)"
+
+
 def test_inspect_shows_engines_buckets_and_memory_per_bucket(package, tmp_path):
     import shutil
 

@@ -40,12 +40,13 @@ def test_a_package_that_is_neither_an_lm_nor_a_text_encoder_is_refused(serve_pac
 def test_threads_and_spin_reach_the_onnxruntime_sessions(serve_packages):
     from trtcompile.serve import ServeSettings, load_models
 
-    settings = ServeSettings(backend="auto", threads=1, spin_us=0)  # no TensorRT here: auto runs ORT
+    settings = ServeSettings(backend="auto", threads=1, spin_us=0, huge_pages=False)  # no TensorRT: auto runs ORT
     served, _ = load_models({"llama": serve_packages["llama"]}, settings)
     session = served["llama"].model.backend.session
     try:
         assert session.get_session_options().intra_op_num_threads == 1
         assert session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
+        assert served["llama"].model.backend.use_huge_pages is False
     finally:
         served["llama"].model.close()
     result = CliRunner().invoke(cli, ["serve", "/x", "--spin-us", "-1"])

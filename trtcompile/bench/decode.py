@@ -46,16 +46,20 @@ import numpy as np
 from trtcompile.bench.common import print_table
 
 
-def _session(model: Path, threads: int, profile_prefix: str | None, spinning):
+def _session(model: Path, threads: int, profile_prefix: str | None, spinning, huge_pages: bool = True):
+    import contextlib
+
     import onnxruntime as ort
 
+    from trtcompile.runtime.huge_pages import NewMemory
     from trtcompile.runtime.ort_backend import DEFAULT_SPIN_US, session_options
 
     opts = session_options(threads=threads, spinning=DEFAULT_SPIN_US if spinning is None else spinning)
     if profile_prefix:
         opts.enable_profiling = True
         opts.profile_file_prefix = profile_prefix
-    return ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
+    with NewMemory() if huge_pages else contextlib.nullcontext():  # as the runtime's backend does
+        return ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
 
 
 def _cache(package: Path, session, rows: int):
@@ -125,12 +129,12 @@ class Cell(_Timed):
     """One (package, context, kv_len): its own session, cache and trace file."""
 
     def __init__(self, package: Path, context: int, rows: int, threads: int, kv_len: int | None, tmp: str | None,
-                 spinning=None):
+                 spinning=None, huge_pages: bool = True):
         from trtcompile.runtime.static_cache import kv_length
 
         self.package, self.context, self.profiled = package, context, tmp is not None
         self.session = _session(package / "model.onnx", threads, tmp and os.path.join(tmp, f"decode-{id(self)}"),
-                                spinning)
+                                spinning, huge_pages)
         self.cache, _ = _cache(package, self.session, rows)
         self.kv_len = kv_len or kv_length(context + 1, self.cache.max_cache, self.cache.dtype.itemsize)
         self.ids = np.full((rows, 1), 42, np.int64)
@@ -151,12 +155,13 @@ class GenAICell(_Timed):
     binds it when genai_config.json says past_present_share_buffer (a buffer per layer, past and present
     on one address), the mask `context + 1` long. The graph's kernels, not GenAI's own loop."""
 
-    def __init__(self, directory: Path, context: int, rows: int, threads: int, tmp: str | None, spinning=None):
+    def __init__(self, directory: Path, context: int, rows: int, threads: int, tmp: str | None, spinning=None,
+                 huge_pages: bool = True):
         config = json.loads((directory / "genai_config.json").read_text())["model"]
         decoder = config["decoder"]
         self.context, self.profiled, self.kv_len = context, tmp is not None, context + 1
         self.session = _session(directory / decoder["filename"], threads,
-                                tmp and os.path.join(tmp, f"genai-{id(self)}"), spinning)
+                                tmp and os.path.join(tmp, f"genai-{id(self)}"), spinning, huge_pages)
         names, outputs = decoder["inputs"], decoder["outputs"]
         inputs = {i.name: i for i in self.session.get_inputs()}
         dtype = np.float16 if "float16" in inputs[names["past_key_names"] % 0].type else np.float32
@@ -184,9 +189,9 @@ class GenAICell(_Timed):
         self.session.run_with_iobinding(self.binding)
 
 
-def profile_cells(cells: list[tuple[Path, int, int | None]], rows: int, steps: int, threads: int, *,
+def profile_cells(cells: list[tuple[Path, int, int | None, bool]], rows: int, steps: int, threads: int, *,
                   instances: int = 1, profile: bool = True, spinning=None, genai: Path | None = None) -> list[dict]:
-    """Profile decode steps of every (package, context, kv_len) cell, one step of each in turn, so
+    """Profile decode steps of every (package, context, kv_len, huge_pages) cell, one step of each in turn, so
     load drift on a shared machine hits every cell alike; per-op medians per cell, averaged over
     `instances` sessions per cell (created in turn across the cells). A cell whose package is the
     string "genai" runs the GenAI model in `genai`."""
@@ -198,9 +203,9 @@ def profile_cells(cells: list[tuple[Path, int, int | None]], rows: int, steps: i
             # In turn, the order reversed every other round (A B, B A, ...): with an even count every
             # cell's sessions have the same mean creation position, so none owns the earlier (slower) ones.
             turn = list(zip(live, cells))
-            for group, (package, context, kv_len) in (turn[::-1] if round_ % 2 else turn):
-                group.append(GenAICell(genai, context, rows, threads, trace_dir, spinning) if package == "genai"
-                             else Cell(package, context, rows, threads, kv_len, trace_dir, spinning))
+            for group, (package, context, kv_len, huge) in (turn[::-1] if round_ % 2 else turn):
+                group.append(GenAICell(genai, context, rows, threads, trace_dir, spinning, huge) if package == "genai"
+                             else Cell(package, context, rows, threads, kv_len, trace_dir, spinning, huge))
         flat = [cell for group in live for cell in group]
         order = np.random.default_rng(0)
         for _ in range(steps + warmup):
@@ -218,6 +223,11 @@ def _mean_of(results: list[dict]) -> dict:
         names = {n for r in results for n in r[key]}
         mean[key] = {n: float(np.mean([r[key].get(n, 0.0) for r in results])) for n in names}
     return {**mean, "kv_len": results[0]["kv_len"], "instances": results}
+
+
+def _source_name(package, huge: bool, both: bool) -> str:
+    name = getattr(package, "name", package)
+    return f"{name} {'2M' if huge else '4K'} pages" if both else name
 
 
 def _node_kind(event: dict) -> str:
@@ -245,6 +255,9 @@ def main(argv: list[str] | None = None) -> None:
                              "(see the module docstring)")
     parser.add_argument("--spin-us", type=int, help="ORT spin-wait in microseconds, 0 = none (default: the runtime's)")
     parser.add_argument("--no-profile", action="store_true", help="time the steps without ORT's profiler")
+    parser.add_argument("--huge-pages", choices=["on", "off", "both"], default="on",
+                        help="weights on transparent huge pages as the runtime puts them (on), on 4 KiB "
+                             "pages (off), or each column both ways (runtime/huge_pages.py)")
     args = parser.parse_args(argv)
     if args.genai and not (args.genai / "genai_config.json").is_file():
         raise SystemExit(f"--genai {args.genai}: no genai_config.json there; give the directory ONNX Runtime GenAI's "
@@ -253,16 +266,18 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"--instances {args.instances}: give 1 or more sessions per column")
     contexts = [c for c in args.contexts.split(",")]
     sources = [*args.packages, *(["genai"] if args.genai else [])]
+    pages = {"on": [True], "off": [False], "both": [True, False]}[args.huge_pages]
     cells, keys = [], []
     for cell in contexts:
         context, _, kv_len = cell.partition(":")
         for package in sources:
-            cells.append((package, int(context), int(kv_len) if kv_len else args.kv_len))
-            keys.append((getattr(package, "name", package), cell))
+            for huge in pages:
+                cells.append((package, int(context), int(kv_len) if kv_len else args.kv_len, huge))
+                keys.append((_source_name(package, huge, len(pages) > 1), cell))
     spinning = None if args.spin_us is None else (args.spin_us if args.spin_us > 0 else False)
     results = dict(zip(keys, profile_cells(cells, args.rows, args.steps, args.threads, instances=args.instances,
                                            profile=not args.no_profile, spinning=spinning, genai=args.genai)))
-    columns = [f"{p} ctx {c}" for c in contexts for p in (getattr(pk, "name", pk) for pk in sources)]
+    columns = [f"{name} ctx {c}" for name, c in keys]
     op_types = sorted({op for r in results.values() for op in r["ops"]},
                       key=lambda op: -max(r["ops"].get(op, 0.0) for r in results.values()))
     rows = [[op, *(results[k]["ops"].get(op, 0.0) for k in keys)] for op in op_types]

@@ -134,11 +134,13 @@ def ct2_model(work: Path, checkpoint: Path) -> Path:
 
 
 class Ours:
-    def __init__(self, package: Path, threads: int, spinning: bool | int | None = None, config: dict | None = None):
+    def __init__(self, package: Path, threads: int, spinning: bool | int | None = None, config: dict | None = None,
+                 huge_pages: bool = True):
         from trtcompile import runtime
 
         options = {} if spinning is None else {"spinning": spinning}  # None: the runtime's default
-        self.model = runtime.load(package, backend="onnxruntime", threads=threads, config=config, **options)
+        self.model = runtime.load(package, backend="onnxruntime", threads=threads, config=config,
+                                  huge_pages=huge_pages, **options)
 
     def __call__(self, ids: np.ndarray, new: int) -> list[float]:
         start, marks = time.perf_counter(), []
@@ -151,10 +153,17 @@ class Ours:
 
 
 class OrtGenAI:
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, huge_pages: bool = False):
+        """As shipped by default; `huge_pages` puts its weights on 2 MiB pages the way our runtime does
+        with its own (runtime/huge_pages.py), to show how much of a gap is the pages."""
+        import contextlib
+
         import onnxruntime_genai as og
 
-        self.og, self.model = og, og.Model(str(path))
+        from trtcompile.runtime.huge_pages import NewMemory
+
+        with NewMemory() if huge_pages else contextlib.nullcontext():
+            self.og, self.model = og, og.Model(str(path))
 
     def __call__(self, ids: np.ndarray, new: int) -> list[float]:
         og = self.og
@@ -349,6 +358,9 @@ def main(argv: list[str] | None = None) -> None:
                                                             "the first one serves tables 3 and 4")
     parser.add_argument("--instances", type=int, default=2, help="copies of each engine, created in mirrored "
                         "order and used in turn (a session's speed here depends on when it was created)")
+    parser.add_argument("--page-rows", action="store_true",
+                        help="two more engines: our first --ours package on 4 KiB pages, and ORT GenAI with its weights "
+                             "on huge pages as our runtime puts ours (runtime/huge_pages.py)")
     parser.add_argument("--contended", default="default,nospin,spinning,1thread",
                         help="our ORT settings in table 4: default, nospin, spinning (ORT's unbounded), spinN "
                              "(N microseconds), dynamic, 1thread (each one more session: fewer keep the run "
@@ -363,10 +375,16 @@ def main(argv: list[str] | None = None) -> None:
     checkpoint = args.checkpoint or smollm2_checkpoint(args.work)
     dtypes = [d for d in args.ours.split(",") if d]
     factories = {f"ours {d} cache": partial(Ours, our_package(args.work, checkpoint, d), args.threads) for d in dtypes}
+    if args.page_rows:
+        factories[f"ours {dtypes[0]} cache, 4K pages"] = partial(Ours, our_package(args.work, checkpoint, dtypes[0]),
+                                                               args.threads, huge_pages=False)
     if args.concat:
         factories["ours concat cache (before)"] = partial(Ours, our_package(args.work, checkpoint, "concat"), args.threads)
     if "ortgenai" in peers:
         factories["ORT GenAI fp32"] = partial(OrtGenAI, ortgenai_model(args.work, checkpoint, args.threads))
+        if args.page_rows:
+            factories["ORT GenAI fp32, huge pages"] = partial(OrtGenAI, ortgenai_model(args.work, checkpoint,
+                                                                                       args.threads), huge_pages=True)
     if "ct2" in peers:
         factories["CTranslate2 fp32"] = partial(CTranslate2, ct2_model(args.work, checkpoint), checkpoint, args.threads)
     if "hf" in peers:

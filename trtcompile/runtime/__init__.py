@@ -158,7 +158,7 @@ class BackendFallbackWarning(UserWarning):
 
 
 TENSORRT_OPTIONS = {"device", "cuda_graphs", "copy_outputs", "runtime", "lean_library"}
-ONNXRUNTIME_OPTIONS = {"providers", "threads", "spinning"}
+ONNXRUNTIME_OPTIONS = {"providers", "threads", "spinning", "huge_pages"}
 
 
 def tensorrt_unavailable_reason(manifest: Manifest, **options) -> str | None:

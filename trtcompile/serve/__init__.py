@@ -32,6 +32,7 @@ class ServeSettings:
     batch_window_ms: float = 0.0  # embeddings: the first input waits this long for others to share its run
     threads: int | None = None   # ONNX Runtime intra-op threads per model (None: ORT's default)
     spin_us: int | None = None   # ONNX Runtime: how long idle threads spin during a run (None: the runtime's default)
+    huge_pages: bool = True      # ONNX Runtime: weights on 2 MiB pages after loading (runtime/huge_pages.py)
     log_level: str = "info"
 
 
@@ -65,8 +66,9 @@ def load_models(packages: dict[str, str | Path], settings: ServeSettings, metric
 
 
 def _backend_options(path, settings: ServeSettings) -> dict:
-    """threads and spin_us are ONNX Runtime options: pass them only where that backend will run."""
-    options = {key: value for key, value in (("threads", settings.threads), ("spinning", settings.spin_us))
+    """threads, spin_us and huge_pages are ONNX Runtime options: pass them only where that backend will run."""
+    options = {key: value for key, value in (("threads", settings.threads), ("spinning", settings.spin_us),
+                                             ("huge_pages", None if settings.huge_pages else False))
                if value is not None}
     if not options or settings.backend == "tensorrt":
         return {}
