@@ -61,6 +61,9 @@ def test_family_fully_fused_and_matches_pytorch(tiny_export, family, exporter, o
     assert fused.opset_import[0].version >= 23
     for d in attention.matched:  # head counts static and GQA/MQA native (K/V not expanded)
         assert (d.get("q_num_heads"), d.get("kv_num_heads")) == (info.num_heads, info.num_kv_heads), d
+    if family in ("llama", "mistral") and exporter == "dynamo":  # Q/K/V joined (no biases): heads split once
+        heads = next(r for r in reports if r.name == "split_heads_once")
+        assert len(heads.matched) == info.num_layers, heads.declined
     norm_op = "RMSNormalization" if family in ROPE else "LayerNormalization"
     assert counts.get(norm_op, 0) == 2 * info.num_layers + 1, counts
 

@@ -37,6 +37,9 @@ import numpy as np
 SAMPLES = Path(__file__).resolve().parents[2] / "samples"
 
 
+GENAI_ROW, GENAI_HUGE_ROW = "ORT GenAI int4", "ORT GenAI int4, huge pages"
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--llm", action="store_true", help="(selects this benchmark)")
@@ -67,8 +70,15 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="trtcompile-bench-llm-") as tmp:
         work = Path(tmp)
         rows, meta = _our_rows(args, work)
-        if not args.no_genai and (not args.only or "ORT GenAI int4" in args.only):
-            rows["ORT GenAI int4"] = _genai_row(args, work, meta)
+        wanted = [name for name in (GENAI_ROW, GENAI_HUGE_ROW) if not args.only or name in args.only]
+        if not args.no_genai and wanted:
+            genai = _genai_row(args, work, meta)
+            # The same build with its weights on 2 MiB pages, as our runtime puts ours (runtime/huge_pages.py).
+            variants = {GENAI_ROW: genai, GENAI_HUGE_ROW: {**genai, "stream_factory": genai["huge_pages_factory"]}}
+            for name in wanted:
+                rows[name] = variants[name]
+            for row in variants.values():
+                row.pop("huge_pages_factory", None)
         _measure_accuracy(rows, meta)
         with _file_lock(args.timing_lock):
             _measure_speed(rows, args)
@@ -420,8 +430,13 @@ def _genai_row(args, work: Path, meta: dict) -> dict:
     rng = np.random.default_rng(0)
     prompt = rng.integers(100, 20000, (1, args.prompt_tokens)).astype(np.int32)
 
-    def create():  # one og.Model (its own sessions) and a stream over it; _measure_speed creates copies
-        model = og.Model(str(out))
+    def create(huge_pages: bool = False):  # one og.Model (its sessions) and a stream; _measure_speed makes copies
+        import contextlib
+
+        from trtcompile.runtime.huge_pages import NewMemory
+
+        with NewMemory() if huge_pages else contextlib.nullcontext():
+            model = og.Model(str(out))
 
         def stream():
             params = og.GeneratorParams(model)
@@ -438,7 +453,8 @@ def _genai_row(args, work: Path, meta: dict) -> dict:
 
     ops = _op_counts(out / "model.onnx")
     return {"package": str(out), "size_mb": size / 2**20, "quantize_s": round(seconds, 1), "logits": logits,
-            "stream_factory": create, "note": f"builder {seconds:.0f}s; ops {ops}"}
+            "stream_factory": create, "huge_pages_factory": lambda: create(huge_pages=True),
+            "note": f"builder {seconds:.0f}s; ops {ops}"}
 
 
 def _genai_session_options(out: Path, threads: int, spinning: bool) -> None:

@@ -23,6 +23,7 @@ from trtcompile.passes.fuse_rms_norm import fuse_rms_norm
 from trtcompile.passes.fuse_rotary import fuse_rotary
 from trtcompile.passes.group_query_heads import group_query_heads
 from trtcompile.passes.simplify_casts import simplify_casts
+from trtcompile.passes.split_heads_once import split_heads_once
 from trtcompile.graph.report import PassReport
 
 log = logging.getLogger("trtcompile.passes")
@@ -39,6 +40,7 @@ PIPELINE: list[Pass] = [
     fuse_rotary,      # also repairs the dynamo exporter's batch-1 RotaryEmbedding caches
     fuse_attention,   # after rotary: Q/K then come straight from RotaryEmbedding
     fuse_parallel_matmuls,  # after attention's matching; before precision/quantization, which see Q/K/V as one
+    split_heads_once,  # after fuse_parallel_matmuls made the Q/K/V Split: one Reshape/Transpose per layer
     group_query_heads,  # after fuse_attention made the GQA Attention nodes; K/V read once per KV head
 ]
 
