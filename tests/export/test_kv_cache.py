@@ -226,6 +226,10 @@ def test_decode_bench_averages_sessions_created_in_turn(llama_package):
     assert (short["kv_len"], longer["kv_len"]) == (32, 64)
     profiled, = profile_cells([(llama_package, 20, None)], rows=1, steps=2, threads=1, instances=2)
     assert profiled["kernels"] > 0 and {"MatMul", "TensorScatter"} <= set(profiled["ops"])
+    # --huge-pages off: the same cell with the weights left on 4 KiB pages (the same kernels)
+    paged, plain = profile_cells([(llama_package, 20, None, True), (llama_package, 20, None, False)], rows=1,
+                                 steps=2, threads=1)
+    assert paged["kernels"] == plain["kernels"] == profiled["kernels"]
 
 
 def test_last_position_logits_equal_the_full_graphs_last_column(llama_package, tmp_path_factory):

@@ -4,6 +4,7 @@ and it can be turned off."""
 
 from __future__ import annotations
 
+import errno
 import re
 
 import numpy as np
@@ -49,6 +50,8 @@ def test_a_new_sessions_weights_are_backed_by_huge_pages_and_compute_the_same():
         paged = _session(model)
     gained = _anon_huge_bytes() - before
     assert new.skipped is None and new.advised >= 16 * MiB, new.report()
+    if new.collapse_errno == errno.EINVAL:
+        pytest.skip("this kernel has no MADV_COLLAPSE (Linux < 6.1): khugepaged collapses the advised memory later")
     # The session's own copy of the 16 MiB weight is now on 2 MiB pages, as the kernel counts them.
     assert new.collapsed >= 14 * MiB and gained >= 14 * MiB, (new.report(), gained)
     assert "MiB" in new.report()

@@ -189,9 +189,9 @@ class GenAICell(_Timed):
         self.session.run_with_iobinding(self.binding)
 
 
-def profile_cells(cells: list[tuple[Path, int, int | None, bool]], rows: int, steps: int, threads: int, *,
+def profile_cells(cells: list[tuple], rows: int, steps: int, threads: int, *,
                   instances: int = 1, profile: bool = True, spinning=None, genai: Path | None = None) -> list[dict]:
-    """Profile decode steps of every (package, context, kv_len, huge_pages) cell, one step of each in turn, so
+    """Profile decode steps of every (package, context, kv_len[, huge_pages]) cell, one step of each in turn, so
     load drift on a shared machine hits every cell alike; per-op medians per cell, averaged over
     `instances` sessions per cell (created in turn across the cells). A cell whose package is the
     string "genai" runs the GenAI model in `genai`."""
@@ -203,7 +203,8 @@ def profile_cells(cells: list[tuple[Path, int, int | None, bool]], rows: int, st
             # In turn, the order reversed every other round (A B, B A, ...): with an even count every
             # cell's sessions have the same mean creation position, so none owns the earlier (slower) ones.
             turn = list(zip(live, cells))
-            for group, (package, context, kv_len, huge) in (turn[::-1] if round_ % 2 else turn):
+            for group, (package, context, kv_len, *pages) in (turn[::-1] if round_ % 2 else turn):
+                huge = pages[0] if pages else True  # the runtime's default
                 group.append(GenAICell(genai, context, rows, threads, trace_dir, spinning, huge) if package == "genai"
                              else Cell(package, context, rows, threads, kv_len, trace_dir, spinning, huge))
         flat = [cell for group in live for cell in group]

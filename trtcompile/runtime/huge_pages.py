@@ -56,13 +56,14 @@ def available() -> bool:
 _libc = None
 
 
-def _madvise(address: int, length: int, advice: int) -> bool:
+def _madvise(address: int, length: int, advice: int) -> int:
+    """0, or the errno of a failed madvise (EINVAL for MADV_COLLAPSE: a kernel before 6.1)."""
     global _libc
     if _libc is None:
         _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
         _libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
         _libc.madvise.restype = ctypes.c_int
-    return _libc.madvise(address, length, advice) == 0
+    return 0 if _libc.madvise(address, length, advice) == 0 else ctypes.get_errno()
 
 
 def _aligned_interior(start: int, end: int) -> tuple[int, int]:
@@ -98,6 +99,7 @@ class NewMemory:
     collapsed: int = 0  # bytes the kernel backed with huge pages on request
     seconds: float = 0.0
     skipped: str | None = None
+    collapse_errno: int = 0  # the last MADV_COLLAPSE failure (khugepaged still collapses advised memory)
     _before: dict = field(default_factory=dict, repr=False)
 
     def __enter__(self) -> "NewMemory":
@@ -119,10 +121,13 @@ class NewMemory:
             lo, hi = _aligned_interior(start if old_end is None or old_end > end else old_end, end)
             if hi - lo < HUGE_PAGE:
                 continue
-            if _madvise(lo, hi - lo, MADV_HUGEPAGE):
+            if _madvise(lo, hi - lo, MADV_HUGEPAGE) == 0:
                 self.advised += hi - lo
-                if self.collapse and _madvise(lo, hi - lo, MADV_COLLAPSE):
+                error = _madvise(lo, hi - lo, MADV_COLLAPSE) if self.collapse else -1
+                if error == 0:
                     self.collapsed += hi - lo
+                elif error > 0:
+                    self.collapse_errno = error
         self.seconds = time.perf_counter() - started
 
     def report(self) -> str:
