@@ -363,7 +363,7 @@ def main(argv: list[str] | None = None) -> None:
                              "on huge pages as our runtime puts ours (runtime/huge_pages.py)")
     parser.add_argument("--contended", default="default,nospin,spinning,1thread",
                         help="our ORT settings in table 4: default, nospin, spinning (ORT's unbounded), spinN "
-                             "(N microseconds), dynamic, 1thread (each one more session: fewer keep the run "
+                             "(N microseconds), dynamic, nospin-dynamic, 1thread (each one more session: fewer keep the run "
                              "under 3 GB)")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -468,6 +468,9 @@ def _contended_table(args, checkpoint, main_dtype, others, short, note) -> None:
     if "dynamic" in wanted:
         factories[f"{name}, default + dynamic blocks"] = partial(Ours, package, args.threads,
                                                                  config={"session.dynamic_block_base": "4"})
+    if "nospin-dynamic" in wanted:
+        factories[f"{name}, no spinning + dynamic blocks"] = partial(Ours, package, args.threads, spinning=False,
+                                                                     config={"session.dynamic_block_base": "4"})
     if "1thread" in wanted:
         factories[f"ours {main_dtype} cache, 1 thread"] = partial(Ours, package, 1)
     settings = create_balanced(factories, args.instances)
