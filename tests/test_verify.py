@@ -62,3 +62,21 @@ def test_static_cache_write_position_range_covers_the_whole_cache(static_inputs)
     spec = next(s for s in specs if s.name == "cache_position")
     max_cache = spec.value_range[1]
     assert spec.value_range == (0, max_cache) and max_cache == specs[-1].shape[2]
+
+
+def test_a_static_cache_case_shrinks_the_batch_not_the_context():
+    """A decode bucket's max case of a static cache: the 2 x layers present outputs are [batch, heads,
+    max_cache, head_dim] whatever kv_sequence is, so over the byte limits the batch is halved, and the
+    case still reads a long cache (it used to halve kv_sequence down to a handful of slots first)."""
+    from trtcompile.profiles import Bucket
+    from trtcompile.verify import MAX_CASE_BYTES
+
+    present = [TensorSpec(f"present.{i}.{kv}", "float32", ["batch", 3, 2112, 64])
+               for i in range(30) for kv in ("key", "value")]
+    logits = TensorSpec("logits", "float32", ["batch", 1, 49152])
+    bucket = Bucket("decode", {"batch": (1, 1, 8), "kv_sequence": (1, 256, 2112), "sequence": (1, 1, 1)})
+    (_, opt), (_, top) = cases_for([bucket], [*present, logits])
+    assert opt == {"batch": 1, "kv_sequence": 256, "sequence": 1}
+    # 8 rows: 778 MB of present outputs; 1 row: 97 MB, under the 128 MB of a case
+    assert top["batch"] == 1 and top["kv_sequence"] >= 1024, top
+    assert 30 * 2 * 3 * 2112 * 64 * 4 * top["batch"] <= MAX_CASE_BYTES

@@ -85,7 +85,8 @@ def _first_new_position(shapes: dict[str, tuple], new: int) -> int:
 def cases_for(buckets: list[Bucket], outputs: list[TensorSpec] = ()) -> list[tuple[str, dict[str, int]]]:
     """(bucket, dimension values) at each bucket's opt and a bounded max, deduplicated.
 
-    A case is shrunk (largest dimension halved, never below the bucket's min) until its inputs
+    A case is shrunk (a dimension halved at a time, never below the bucket's min: the largest, or
+    while the outputs are over their limits the one that shrinks them most) until its inputs
     stay under MAX_VERIFY_ELEMENTS each, every output under MAX_OUTPUT_BYTES and all outputs under
     MAX_CASE_BYTES (the reference keeps them until the package runs): a prefill bucket's
     max of [4, 512, 262144] logits would be 2 GiB per copy, and verification holds three (the
@@ -96,19 +97,38 @@ def cases_for(buckets: list[Bucket], outputs: list[TensorSpec] = ()) -> list[tup
     for bucket in buckets:
         for which in (1, 2):
             dims = {d: r[which] for d, r in bucket.dims.items()}
-            while (np.prod([max(v, 1) for v in dims.values()]) > MAX_VERIFY_ELEMENTS
-                   or max(_output_bytes(outputs, dims) or [0]) > MAX_OUTPUT_BYTES
-                   or sum(_output_bytes(outputs, dims)) > MAX_CASE_BYTES):
-                largest = max(dims, key=lambda d: dims[d])
-                lo = bucket.dims[largest][0]
-                if dims[largest] // 2 < lo:
+            while True:
+                shrink = _dimension_to_halve(bucket, dims, outputs)
+                if shrink is None:
                     break
-                dims[largest] //= 2
+                dims[shrink] //= 2
             key = tuple(sorted(dims.items()))
             if key not in seen:
                 seen.add(key)
                 cases.append((bucket.name, dims))
     return cases
+
+
+def _dimension_to_halve(bucket: Bucket, dims: dict[str, int], outputs: list[TensorSpec]) -> str | None:
+    """The dimension to halve next while the case is over a limit (None: within them, or nothing left
+    to halve). Over the outputs' byte limits it is the dimension that shrinks the outputs most: a
+    static KV cache's present outputs grow with batch, not with kv_sequence, and halving kv_sequence
+    there only made the case read a shorter cache without making it any cheaper."""
+    sizes = _output_bytes(outputs, dims)
+    over_outputs = max(sizes or [0]) > MAX_OUTPUT_BYTES or sum(sizes) > MAX_CASE_BYTES
+    if np.prod([max(v, 1) for v in dims.values()]) <= MAX_VERIFY_ELEMENTS and not over_outputs:
+        return None
+    candidates = [d for d in dims if dims[d] // 2 >= bucket.dims[d][0]]
+    if not candidates:
+        return None
+    if over_outputs:
+        def after(d: str) -> int:
+            return sum(_output_bytes(outputs, {**dims, d: dims[d] // 2}))
+
+        best = min(candidates, key=lambda d: (after(d), -dims[d]))
+        if after(best) < sum(sizes):
+            return best
+    return max(candidates, key=lambda d: dims[d])
 
 
 def _output_bytes(outputs: list[TensorSpec], dims: dict[str, int]) -> list[int]:
