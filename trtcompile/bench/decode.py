@@ -27,7 +27,7 @@ and reports their mean. On the 2-core VM this was written on, an ORT session's s
 the process: of 4 identical SmolLM2 sessions stepped in random order the first-created was 10-30%
 slower, every run (its prepacked weights' memory; the effect vanished with prepacking off, where all
 sessions read the same mapped file). One session per column measures that placement, not the graph.
-It was page walks: with the weights on 2 MiB pages (runtime/huge_pages.py, what the runtime and this
+Page walks, it seems: with the weights on 2 MiB pages (runtime/huge_pages.py, what the runtime and this
 bench do by default; `--huge-pages off|both` to compare) identical sessions ran 2-15% apart, against
 20-60% on 4 KiB pages (an LM-head MatMul alone, four sessions in one process).
 ORT's profiler adds a few microseconds to every kernel (a Reshape that moves no data shows ~5 us),
