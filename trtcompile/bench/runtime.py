@@ -3,7 +3,8 @@
     trtcompile bench runtime [--batch 1] [--sequence 128] [--iters 200] [--threads 0]
 
 Rows: PyTorch eager; ONNX Runtime on the raw export; a bare ONNX Runtime session on the package's
-model.onnx; the package through trtcompile.runtime (and the TensorRT backend where it can run).
+model.onnx; the package through trtcompile.runtime (and the TensorRT backend where it can run). The
+bare ONNX Runtime sessions get their weights on huge pages as the runtime's does.
 The runtime's overhead is its median minus the bare session's on the very same graph.
 """
 
@@ -60,10 +61,15 @@ def main(argv: list[str] | None = None) -> None:
         torch_feeds = {k: torch.from_numpy(v) for k, v in feeds.items()}
 
         def session(path: Path):
+            from trtcompile.runtime.huge_pages import NewMemory
+
             opts = ort.SessionOptions()
             if args.threads:
                 opts.intra_op_num_threads = args.threads
-            return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+            # On the same pages as the runtime's own session (runtime/huge_pages.py), so the rows
+            # differ by graph and by runtime, not by page size.
+            with NewMemory():
+                return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
         raw_sess, pkg_sess = session(tmp / "raw.onnx"), session(tmp / "pkg" / "model.onnx")
         ort_opts = {"threads": args.threads} if args.threads else {}
