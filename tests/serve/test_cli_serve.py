@@ -46,7 +46,7 @@ def test_threads_and_spin_reach_the_onnxruntime_sessions(serve_packages):
     try:
         assert session.get_session_options().intra_op_num_threads == 1
         assert session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
-        assert served["llama"].model.backend.use_huge_pages is False
+        assert served["llama"].model.backend.huge_pages.enabled is False
     finally:
         served["llama"].model.close()
     result = CliRunner().invoke(cli, ["serve", "/x", "--spin-us", "-1"])

@@ -50,8 +50,6 @@ from trtcompile.bench.common import print_table
 
 
 def _session(model: Path, threads: int, profile_prefix: str | None, spinning, huge_pages: bool = True):
-    import contextlib
-
     import onnxruntime as ort
 
     from trtcompile.runtime.huge_pages import NewMemory
@@ -61,7 +59,7 @@ def _session(model: Path, threads: int, profile_prefix: str | None, spinning, hu
     if profile_prefix:
         opts.enable_profiling = True
         opts.profile_file_prefix = profile_prefix
-    with NewMemory() if huge_pages else contextlib.nullcontext():  # as the runtime's backend does
+    with NewMemory(enabled=huge_pages):  # as the runtime's backend does
         return ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
 
 

@@ -156,13 +156,11 @@ class OrtGenAI:
     def __init__(self, path: Path, huge_pages: bool = False):
         """As shipped by default; `huge_pages` puts its weights on 2 MiB pages the way our runtime does
         with its own (runtime/huge_pages.py), to show how much of a gap is the pages."""
-        import contextlib
-
         import onnxruntime_genai as og
 
         from trtcompile.runtime.huge_pages import NewMemory
 
-        with NewMemory() if huge_pages else contextlib.nullcontext():
+        with NewMemory(enabled=huge_pages):
             self.og, self.model = og, og.Model(str(path))
 
     def __call__(self, ids: np.ndarray, new: int) -> list[float]:

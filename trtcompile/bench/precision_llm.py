@@ -431,11 +431,9 @@ def _genai_row(args, work: Path, meta: dict) -> dict:
     prompt = rng.integers(100, 20000, (1, args.prompt_tokens)).astype(np.int32)
 
     def create(huge_pages: bool = False):  # one og.Model (its sessions) and a stream; _measure_speed makes copies
-        import contextlib
-
         from trtcompile.runtime.huge_pages import NewMemory
 
-        with NewMemory() if huge_pages else contextlib.nullcontext():
+        with NewMemory(enabled=huge_pages):
             model = og.Model(str(out))
 
         def stream():

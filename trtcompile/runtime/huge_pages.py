@@ -13,7 +13,10 @@ which is what the benchmarks' mirrored creation orders were working around.
 So, after ONNX Runtime creates a session, `NewMemory` advises the anonymous regions the session
 added (MADV_HUGEPAGE) and asks the kernel to back them with huge pages now (MADV_COLLAPSE, Linux
 6.1+; without it khugepaged gets to them in its own time). Only regions that appeared or grew while
-the session was created are touched, so other memory of the process is left alone.
+the session was created are touched, so other memory of the process is left alone. (Hence what
+the session puts in heap memory that was mapped, and freed, before it started stays on 4 KiB pages:
+collapsing all of an older region would also make its untouched pages resident. A process loading
+its models at start, as a server does, allocates them fresh: 494 of SmolLM2's 513 MB were covered.)
 
 The KV cache stays on ordinary pages: one arena for all layers on 2 MiB pages made the attention
 reads at context 2048 slower, not faster, in the runs that could tell (contiguous layers alias in
@@ -92,8 +95,10 @@ def writable_anonymous_regions() -> dict[int, int]:
 
 @dataclass
 class NewMemory:
-    """`with NewMemory() as new: <create a session>` backs what the block allocated with huge pages."""
+    """`with NewMemory() as new: <create a session>` backs what the block allocated with huge pages
+    (`enabled=False`: does nothing, and says so in `report()`)."""
 
+    enabled: bool = True
     collapse: bool = True
     advised: int = 0  # bytes advised MADV_HUGEPAGE
     collapsed: int = 0  # bytes the kernel backed with huge pages on request
@@ -103,7 +108,9 @@ class NewMemory:
     _before: dict = field(default_factory=dict, repr=False)
 
     def __enter__(self) -> "NewMemory":
-        if not available():
+        if not self.enabled:
+            self.skipped = "huge_pages=False"
+        elif not available():
             self.skipped = f"transparent huge pages are {thp_mode() or 'not available here'}"
         else:
             self._before = writable_anonymous_regions()

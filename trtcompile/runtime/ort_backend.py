@@ -60,17 +60,6 @@ def session_options(*, threads: int | None = None, spinning: bool | int = DEFAUL
     return opts
 
 
-class _Off:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return None
-
-    def report(self) -> str:
-        return "huge pages: off (huge_pages=False)"
-
-
 class OnnxRuntimeBackend:
     name = "onnxruntime"
 
@@ -89,10 +78,9 @@ class OnnxRuntimeBackend:
         for name in (model_file, model_file + ".data"):
             check_sha256(manifest, name)
         # The weights (and ORT's prepacked copies) on 2 MiB pages: decode streams them every step.
-        with NewMemory(collapse=True) if huge_pages else _Off() as self.huge_pages:
+        with NewMemory(enabled=huge_pages) as self.huge_pages:
             self.session = ort.InferenceSession(str(manifest.path(model_file)),
                                                 opts, providers=providers or ["CPUExecutionProvider"])
-        self.use_huge_pages = huge_pages
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def run(self, feeds: dict[str, np.ndarray], bucket: Bucket) -> dict[str, np.ndarray]:
