@@ -55,17 +55,18 @@ def _head_size(shape: gs.Tensor) -> int | None:
     return int(values[1])
 
 
-def _chain(split: gs.Node, graph_outputs: set[str]) -> list[tuple[gs.Node, gs.Node]] | str:
-    """[(reshape, transpose)] per Split output, or why the Split does not qualify."""
+def _chain(split: gs.Node, graph_outputs: set[str]) -> list[tuple[gs.Node, gs.Node]] | None:
+    """[(reshape, transpose)] per Split output when each output goes through one Reshape and one
+    head-major Transpose and nowhere else, else None (an MLP's gate/up Split, say)."""
     chains = []
     for out in split.outputs:
         if len(out.outputs) != 1 or out.outputs[0].op != "Reshape" or out.name in graph_outputs:
-            return f"{out.name!r} is not used by one Reshape alone"
+            return None
         reshape = out.outputs[0]
         moved = reshape.outputs[0]
         if len(moved.outputs) != 1 or moved.name in graph_outputs or moved.outputs[0].op != "Transpose" \
                 or list(moved.outputs[0].attrs.get("perm", [])) != HEAD_MAJOR:
-            return f"{moved.name!r} is not used by one Transpose{tuple(HEAD_MAJOR)} alone"
+            return None
         chains.append((reshape, moved.outputs[0]))
     return chains
 
@@ -73,14 +74,16 @@ def _chain(split: gs.Node, graph_outputs: set[str]) -> list[tuple[gs.Node, gs.No
 def split_heads_once(graph: gs.Graph, ctx: PassContext) -> gs.Graph:
     outputs = {t.name for t in graph.outputs}
     for split in [n for n in graph.nodes if n.op == "Split"]:
-        if split.attrs.get("axis") not in (-1, 2) or len(split.inputs) < 2:
-            continue
+        joined = split.inputs[0]
+        rank = len(joined.shape) if joined.shape is not None else None
+        if split.attrs.get("axis") not in (-1, *((rank - 1,) if rank else ())) or len(split.inputs) < 2:
+            continue  # the heads are the last axis of the joined projection
         widths = const_value(split.inputs[1])
         if widths is None or widths.size != len(split.outputs):
             continue
         chains = _chain(split, outputs)
-        if isinstance(chains, str):
-            continue  # not a head split (an MLP's gate/up Split): nothing to say
+        if chains is None:
+            continue  # not a head split: nothing to say
         reshapes = [r for r, _ in chains]
         shape = reshapes[0].inputs[1]
         if any(r.inputs[1] is not shape for r in reshapes) or len({r.attrs.get("allowzero", 0) for r in reshapes}) != 1:
@@ -91,7 +94,6 @@ def split_heads_once(graph: gs.Graph, ctx: PassContext) -> gs.Graph:
             ctx.report.decline(split.name, f"no head size d with [b, s, -1, d] dividing widths {widths.tolist()}",
                                head_size=d)
             continue
-        joined = split.inputs[0]
         heads = gs.Variable(f"{split.name}_heads", dtype=joined.dtype)
         head_major = gs.Variable(f"{split.name}_head_major", dtype=joined.dtype)
         results = [t.outputs[0] for _, t in chains]
