@@ -99,7 +99,6 @@ class NewMemory:
     (`enabled=False`: does nothing, and says so in `report()`)."""
 
     enabled: bool = True
-    collapse: bool = True
     advised: int = 0  # bytes advised MADV_HUGEPAGE
     collapsed: int = 0  # bytes the kernel backed with huge pages on request
     seconds: float = 0.0
@@ -130,10 +129,10 @@ class NewMemory:
                 continue
             if _madvise(lo, hi - lo, MADV_HUGEPAGE) == 0:
                 self.advised += hi - lo
-                error = _madvise(lo, hi - lo, MADV_COLLAPSE) if self.collapse else -1
+                error = _madvise(lo, hi - lo, MADV_COLLAPSE)
                 if error == 0:
                     self.collapsed += hi - lo
-                elif error > 0:
+                else:
                     self.collapse_errno = error
         self.seconds = time.perf_counter() - started
 
