@@ -83,3 +83,22 @@ def test_kv_length_reads_the_whole_cache_past_half_of_an_fp32_one_and_70_percent
     # FP16: its prefix is cast either way, so the prefix read stays cheaper up to 70% of the cache.
     assert kv_length(1057, 2112, itemsize=2) == 1088 and kv_length(1478, 2112, itemsize=2) == 1504
     assert kv_length(1479, 2112, itemsize=2) == kv_length(2049, 2112, itemsize=2) == 2112
+
+
+@pytest.mark.parametrize("cache_dtype", [np.float32, np.float16])
+def test_tensorrt_graph_is_the_prefix_read_without_the_if(cache_dtype):
+    import onnx
+
+    from trtcompile.passes.read_cache_in_place import inline_prefix_reads
+
+    model = _static_attention(cache_dtype)
+    fused, _ = apply(model, read_cache_in_place, prepare=False)
+    for_tensorrt = onnx.ModelProto()
+    for_tensorrt.CopyFrom(fused)
+    assert inline_prefix_reads(for_tensorrt) == 1
+    onnx.checker.check_model(for_tensorrt, full_check=True)
+    assert ops(for_tensorrt) == ops(model)  # the graph before the pass: Slices, [Casts], one Attention
+    assert not any(t.name.startswith("kv_read_whole_cache") for t in for_tensorrt.graph.initializer)
+    for length in (5, MAX):  # the If's else branch, then its then branch, against the prefix read alone
+        assert_same(fused, for_tensorrt, _feeds(length, cache_dtype), atol=1e-6)
+    assert inline_prefix_reads(for_tensorrt) == 0  # nothing left to inline

@@ -25,6 +25,7 @@ import re
 import time
 from pathlib import Path
 
+from trtcompile.build.tensorrt_graph import graph_for_tensorrt
 from trtcompile.errors import UserError
 from trtcompile.runtime.shapes import Bucket, TensorSpec
 from trtcompile.settings import ENGINE_LAYOUTS, HARDWARE_COMPATIBILITY, TENSORRT_RUNTIMES, BuildSettings
@@ -143,7 +144,9 @@ def _write_atomic(path: Path, data) -> None:
 def _parse(trt, builder, logger, onnx_path: Path, inputs: list[TensorSpec]):
     network = builder.create_network(0)  # TensorRT 11: always strongly typed, no flags needed
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
+    with graph_for_tensorrt(onnx_path) as path:  # the static cache's ORT-only Ifs inlined
+        parsed = parser.parse_from_file(str(path))
+    if not parsed:
         errors = [_parser_error_text(parser.get_error(i)) for i in range(parser.num_errors)]
         raise UserError(f"TensorRT {trt.__version__}'s ONNX parser rejected {str(onnx_path)!r}:\n    "
                         + "\n    ".join(errors or [logger.take_errors() or "no details"]),

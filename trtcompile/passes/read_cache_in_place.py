@@ -21,20 +21,27 @@ stay, behind one `If` per layer on kv_sequence == max_cache, and the runtime (ru
 ```
 
 Both branches are the same standard Attention (no past inputs, one output, the explicit mask, no
-is_causal), so TensorRT's rules hold in each; TensorRT imports `If` as an IIfConditional (ranks
-equal in both branches, as its importer requires). Runs after precision conversion, last, so no
-other pass needs to look inside the branches.
+is_causal). Runs after precision conversion, last, so no other pass needs to look inside the branches.
+
+The `If` is an ONNX Runtime CPU measure (its Slice always copies). TensorRT does not get it: the
+engine build parses the graph with each such `If` replaced by its else branch
+(`inline_prefix_reads`, build/tensorrt_graph.py), the prefix read alone, which is correct for every
+kv_sequence up to max_cache. So TensorRT's importer never sees an IAttention inside an
+IIfConditional (unverified here: no TensorRT), and an engine pays no conditional per layer.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
 
 from trtcompile.graph.context import PassContext
 from trtcompile.passes._match import const_value, producer
 
 OPSET = 24  # the static cache's opset; If itself is older
+IF_SUFFIX = "_cache_read"  # the If's name: the Attention's name plus this
+CONDITION_PREFIX = "kv_read_whole_cache_"  # the Equal/Squeeze (and their constants) computing its condition
 
 
 def _cache_read(tensor: gs.Tensor):
@@ -65,7 +72,7 @@ def _full_length(graph: gs.Graph, end: gs.Tensor, max_cache: int, memo: dict) ->
     """The bool scalar `end == max_cache`, built once per (end tensor, length)."""
     key = (end.name, max_cache)
     if key not in memo:
-        name = f"kv_read_whole_cache_{max_cache}"
+        name = f"{CONDITION_PREFIX}{max_cache}"
         equal = gs.Variable(f"{name}_1d", dtype=np.bool_, shape=[1])
         cond = gs.Variable(name, dtype=np.bool_, shape=[])
         graph.nodes.append(gs.Node("Equal", name=f"{name}_equal",
@@ -124,7 +131,48 @@ def read_cache_in_place(graph: gs.Graph, ctx: PassContext) -> gs.Graph:
                                   inputs=[attention.inputs[0], *kv, *attention.inputs[3:]], outputs=[then_out]))
         then_branch = gs.Graph(nodes=then_nodes, outputs=[then_out], name=f"{attention.name}_whole")
 
-        graph.nodes.append(gs.Node("If", name=f"{attention.name}_cache_read", inputs=[cond], outputs=[out],
+        graph.nodes.append(gs.Node("If", name=f"{attention.name}{IF_SUFFIX}", inputs=[cond], outputs=[out],
                                    attrs={"then_branch": then_branch, "else_branch": else_branch}))
         ctx.report.match(attention.name, max_cache=max_cache, cast=reads[0][2] is not None)
     return graph
+
+
+def inline_prefix_reads(model: onnx.ModelProto) -> int:
+    """Undo the pass in `model` (in place, weights untouched): each cache-read `If` becomes its else
+    branch, the prefix Slices and the Attention, and the conditions no node reads any more go.
+    Returns how many were inlined. Works on the proto, so a model loaded without its external
+    data (an 8B model's graph, not its weights) is rewritten as it stands."""
+    graph = model.graph
+    known = {t.name for t in graph.initializer}
+    nodes, inlined = [], 0
+    for node in graph.node:
+        branch = next((a.g for a in node.attribute if a.name == "else_branch"), None)
+        if node.op_type != "If" or not node.name.endswith(IF_SUFFIX) or branch is None \
+                or not branch.node or branch.node[-1].op_type != "Attention" or len(branch.output) != 1:
+            nodes.append(node)
+            continue
+        for inner in branch.node:
+            moved = onnx.NodeProto()
+            moved.CopyFrom(inner)
+            for i, name in enumerate(moved.output):
+                if name == branch.output[0].name:
+                    moved.output[i] = node.output[0]
+            nodes.append(moved)
+        for tensor in branch.initializer:  # constants the branch holds (outer names: the same values)
+            if tensor.name not in known:
+                graph.initializer.append(tensor)
+                known.add(tensor.name)
+        graph.value_info.extend(v for v in branch.value_info if v.name != branch.output[0].name)
+        inlined += 1
+    while True:  # the Squeeze goes first, then the Equal that fed it
+        read = {name for n in nodes for name in n.input} | {o.name for o in graph.output}
+        dead = {id(n) for n in nodes if n.name.startswith(CONDITION_PREFIX) and not read.intersection(n.output)}
+        if not dead:
+            break
+        nodes = [n for n in nodes if id(n) not in dead]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    unused = [t for t in graph.initializer if t.name.startswith(CONDITION_PREFIX) and t.name not in read]
+    for tensor in unused:
+        graph.initializer.remove(tensor)
+    return inlined

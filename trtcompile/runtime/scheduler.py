@@ -31,7 +31,6 @@ import time
 
 import numpy as np
 
-from trtcompile.runtime.static_cache import kv_length
 
 _END = object()
 
@@ -210,7 +209,7 @@ class Scheduler:
             self._emit(slot, request, logits[slot:slot + 1])
 
     def _run(self, first: int, ids: np.ndarray, positions: np.ndarray, write: np.ndarray, needed: int) -> np.ndarray:
-        kv_len = kv_length(needed, self.cache.max_cache, self.cache.dtype.itemsize)
+        kv_len = self.cache.kv_length(needed)
         self.stats["whole_cache_reads"] += kv_len == self.cache.max_cache
         return self.cache.run(first, ids, positions, write, kv_len)
 

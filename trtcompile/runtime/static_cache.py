@@ -11,14 +11,16 @@ range of rows: a prefill chunk on one row (batch 1 at that row's offset), a deco
 The protocol (what runtime/scheduler.py uses, nothing else):
 
     cache.slots, cache.max_cache, cache.vocab, cache.dtype (numpy: the cache values' type)
+    cache.kv_length(needed) -> kv_len (how many slots a call that needs `needed` reads)
     cache.run(first_row, ids [n, S], positions [n, S], write [n], kv_len) -> logits [n, vocab]
     cache.close()
 
 `write[i]` is where row first_row+i's S new tokens go (its current length); attention reads the
 first kv_len slots of each row (>= every row's write + S, a multiple of KV_STEP so shapes repeat;
-past WHOLE_CACHE_FROM of the cache, all max_cache slots, which the graph reads in place instead of
-copying a prefix: kv_length below), and the graph's own causal rule (slot j visible to new token i iff j <= write + i) hides whatever
-a row holds beyond its length, so the mask input is all ones and costs nothing per step.
+on ONNX Runtime, past WHOLE_CACHE_FROM of the cache, all max_cache slots, which the graph reads in
+place instead of copying a prefix: kv_length below), and the graph's own causal rule (slot j
+visible to new token i iff j <= write + i) hides whatever a row holds beyond its length, so the
+mask input is all ones and costs nothing per step.
 
 Imports numpy only (+ the backend's own libraries, lazily).
 """
@@ -66,6 +68,10 @@ class OrtStaticCache:
         # One binding per call shape family, so a decode step after a prefill chunk rebinds nothing
         # but the small inputs: key -> (binding, (first, n) the caches are bound for).
         self.bindings: dict[str, list] = {}
+
+    def kv_length(self, needed: int) -> int:
+        """Slots a call reads: a prefix, or the whole cache in place once that is cheaper (kv_length)."""
+        return kv_length(needed, self.max_cache, self.dtype.itemsize)
 
     def _binding(self, kind: str, first: int, n: int):
         entry = self.bindings.get(kind)
@@ -126,6 +132,11 @@ class DeviceStaticCache:
         self._zero(total)
         self.ones = np.ones(slots * layout.max_cache, np.int64)
         self.touched: dict[str, object] = {}
+
+    def kv_length(self, needed: int) -> int:
+        """Always a prefix: an engine's graph has no whole-cache read (build/tensorrt_graph.py), so
+        reading every slot would only be a longer prefix."""
+        return min(self.max_cache, -(-needed // KV_STEP) * KV_STEP)
 
     def _zero(self, nbytes: int) -> None:
         # Slots past a row's length are masked, never read as values, but garbage there could be a

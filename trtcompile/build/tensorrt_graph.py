@@ -1,0 +1,34 @@
+"""The package's ONNX graph as TensorRT's parser gets it.
+
+One graph serves both backends, except for what only ONNX Runtime on CPU needs: the static cache's
+whole-cache `If` per layer (passes/read_cache_in_place.py) exists because ORT's Slice copies. For
+TensorRT each such `If` is replaced by its prefix-read branch before parsing, in a temporary file
+beside the model (its external weights are found relative to the model's folder), removed once
+the parser has read it. A graph with nothing to change is parsed as it is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+
+@contextlib.contextmanager
+def graph_for_tensorrt(onnx_path: Path):
+    """Yields the path TensorRT should parse: `onnx_path` itself, or a rewritten copy beside it."""
+    import onnx
+
+    from trtcompile.passes.read_cache_in_place import inline_prefix_reads
+
+    onnx_path = Path(onnx_path)
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    if not inline_prefix_reads(model):
+        yield onnx_path
+        return
+    variant = onnx_path.with_name(f".{onnx_path.stem}.tensorrt.{os.getpid()}.onnx")
+    try:
+        onnx.save(model, str(variant))
+        yield variant
+    finally:
+        variant.unlink(missing_ok=True)
