@@ -293,6 +293,8 @@ def test_weights_go_on_huge_pages_unless_told_not_to(package):
     with runtime.load(package, backend="onnxruntime") as model:  # runtime/huge_pages.py; the default
         assert model.backend.huge_pages.enabled is True
         assert model.backend.huge_pages.report().startswith("huge pages: ")
+    with runtime.load(package, backend="onnxruntime", huge_pages="background") as model:  # after load returns
+        assert model.backend.huge_pages.background is True and model.backend.huge_pages.wait(timeout=60)
     with runtime.load(package, threads=1, huge_pages=False) as model:  # auto passes it to ONNX Runtime too
         assert model.backend.huge_pages.enabled is False
         assert model.backend.huge_pages.report() == "huge pages: off (huge_pages=False)"

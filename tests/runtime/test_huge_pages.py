@@ -65,6 +65,37 @@ def test_a_new_sessions_weights_are_backed_by_huge_pages_and_compute_the_same():
 
 
 @needs_thp
+def test_a_background_collapse_backs_the_same_memory_after_the_block_and_can_be_stopped():
+    model = _matmul_model()
+    gc.collect()
+    before = _anon_huge_bytes()
+    with huge_pages.NewMemory(background=True) as new:
+        paged = _session(model)
+    assert new.advised >= 62 * MiB, new.report()
+    assert new.wait(timeout=120), "the background collapse did not finish in 2 minutes"
+    if new.collapse_errno == errno.EINVAL:
+        pytest.skip("this kernel has no MADV_COLLAPSE (Linux < 6.1): khugepaged collapses the advised memory later")
+    assert new.collapsed >= 62 * MiB and _anon_huge_bytes() - before >= 60 * MiB, new.report()
+    assert "still collapsing" not in new.report()
+    assert paged.run(None, {"x": np.ones((1, 2048), np.float32)})[0].shape == (1, 8192)
+
+    # Stopped before its first call (as a backend closing at once does): it ends without collapsing.
+    with huge_pages.NewMemory(background=True) as early:
+        early._stopping.set()
+        fresh = np.ones(64 * MiB // 8)  # a new mapping (above glibc's mmap threshold), touched
+    early.stop()
+    del fresh
+    assert early.wait(timeout=0) and early.collapsed == 0 and early.advised >= 62 * MiB
+
+
+def test_the_backend_refuses_an_unknown_huge_pages_setting(tmp_path):
+    from trtcompile.runtime.ort_backend import OnnxRuntimeBackend
+
+    with pytest.raises(ValueError, match=r"huge_pages='sometimes' is not one of \(True, False, 'background'\)"):
+        OnnxRuntimeBackend(None, huge_pages="sometimes")
+
+
+@needs_thp
 def test_memory_that_existed_before_is_left_alone():
     existing = np.ones(32 * MiB // 8)  # touched before the block: not the block's to advise
     start, end = existing.ctypes.data, existing.ctypes.data + existing.nbytes

@@ -60,13 +60,22 @@ def session_options(*, threads: int | None = None, spinning: bool | int = DEFAUL
     return opts
 
 
+# Weights onto 2 MiB pages (runtime/huge_pages.py): while loading (True), in a background thread
+# after load returns ("background": ready sooner, the first steps partly on 4 KiB pages), or not.
+HUGE_PAGES = (True, False, "background")
+
+
 class OnnxRuntimeBackend:
     name = "onnxruntime"
 
     def __init__(self, manifest: Manifest, *, providers: list[str] | None = None, threads: int | None = None,
                  spinning: bool | int = DEFAULT_SPIN_US, config: dict[str, str] | None = None,
-                 huge_pages: bool = True):
+                 huge_pages: bool | str = True):
         from trtcompile.runtime.huge_pages import NewMemory
+
+        if huge_pages not in HUGE_PAGES:
+            raise ValueError(f"huge_pages={huge_pages!r} is not one of {HUGE_PAGES}: True collapses the weights "
+                             f"onto huge pages while loading, 'background' after load returns, False not at all")
 
         try:
             import onnxruntime as ort
@@ -78,7 +87,7 @@ class OnnxRuntimeBackend:
         for name in (model_file, model_file + ".data"):
             check_sha256(manifest, name)
         # The weights (and ORT's prepacked copies) on 2 MiB pages: decode streams them every step.
-        with NewMemory(enabled=huge_pages) as self.huge_pages:
+        with NewMemory(enabled=bool(huge_pages), background=huge_pages == "background") as self.huge_pages:
             self.session = ort.InferenceSession(str(manifest.path(model_file)),
                                                 opts, providers=providers or ["CPUExecutionProvider"])
         self.output_names = [o.name for o in self.session.get_outputs()]
@@ -87,4 +96,5 @@ class OnnxRuntimeBackend:
         return dict(zip(self.output_names, self.session.run(self.output_names, feeds)))
 
     def close(self) -> None:
+        self.huge_pages.stop()  # before the session's memory goes
         self.session = None
