@@ -101,9 +101,10 @@ class NewMemory:
     """`with NewMemory() as new: <create a session>` backs what the block allocated with huge pages
     (`enabled=False`: does nothing, and says so in `report()`).
 
-    The advice is given on leaving the block; the kernel's copy into huge pages (MADV_COLLAPSE, about
-    0.4 GB/s on the VM this was written on: 1.3 s for SmolLM2's 510 MiB, so tens of seconds for a
-    few-GB model) happens there too, or with `background=True` in a daemon thread, 32 MiB per call,
+    The advice is given on leaving the block; the kernel's copy into huge pages (MADV_COLLAPSE: 0.1-1.3
+    s for SmolLM2's 510 MiB on the VM this was written on, by how fragmented its free memory was, so
+    seconds or more for a model of several GB) happens there too, or with `background=True` in a
+    daemon thread, 32 MiB per call,
     while the model already serves (its first steps then run partly on 4 KiB pages). `wait()` blocks
     until it is done; `stop()` ends it early (the backend's close does)."""
 
