@@ -73,6 +73,7 @@ def package_stage(model: onnx.ModelProto, out: Path, *, reports: list, warnings:
     """Write the package (engines where TensorRT and a GPU exist), verify it, then commit it."""
     from trtcompile.build import build_engines, engine_unavailable_reason
     from trtcompile.build.engine import validate_settings
+    from trtcompile.build.tensorrt_graph import import_check
 
     validate_settings(build)  # also where no engine can be built: a bad option is an error everywhere
     from trtcompile.onnx_io import release_memory
@@ -116,6 +117,12 @@ def package_stage(model: onnx.ModelProto, out: Path, *, reports: list, warnings:
             # One line; the full reason is in the manifest (`trtcompile inspect`).
             progress.line(f"[yellow]no engines:[/yellow] {reason.split(';')[0].split('. ')[0]}; packaged "
                           f"model.onnx for the ONNX Runtime backend (--require-engine makes this an error)")
+            # Without a parser here, check the graph TensorRT would get against its documented rules.
+            problems = import_check(pkg.path(MODEL_FILE))
+            manifest["build"]["tensorrt_import_check"] = problems
+            if problems:
+                progress.line(f"[yellow]TensorRT import check:[/yellow] {len(problems)} documented rule(s) broken, "
+                              f"e.g. {problems[0]} (all in the manifest: `trtcompile inspect`)")
         manifest["build"]["settings"] = _settings_dict(build)
         _record_timings(manifest, progress, timings())
         pkg.write_manifest(manifest)

@@ -31,6 +31,10 @@ def describe(target: Path, *, as_json: bool = False, show_passes: bool = False) 
     lines += ["", "engines"]
     if not data.get("engines"):
         lines.append(f"  none: {(data.get('build') or {}).get('engines_skipped') or 'not built'}")
+        check = (data.get("build") or {}).get("tensorrt_import_check")
+        if check is not None:  # the graph TensorRT would get, against its documented rules (build/tensorrt_rules.py)
+            lines.append(f"  TensorRT import check: {'passed' if not check else f'{len(check)} problem(s)'}")
+            lines += [f"    {problem}" for problem in check]
     for e in data.get("engines", []):
         flags = e.get("build_flags", {})
         served = ", ".join(f"{p['bucket']} (profile {p['index']})" for p in _profiles(e))

@@ -13,7 +13,7 @@ import onnx
 import pytest
 from decoder_packages import compiled_decoder
 
-from trtcompile.build.tensorrt_graph import graph_for_tensorrt
+from trtcompile.build.tensorrt_graph import graph_for_tensorrt, import_check
 
 
 @pytest.fixture(scope="module")
@@ -78,3 +78,15 @@ def test_a_graph_without_cache_ifs_is_parsed_as_it_is(tiny_bert_package):
     with graph_for_tensorrt(model_path) as path:
         assert path == model_path
     assert sorted(p.name for p in model_path.parent.iterdir() if p.name.startswith(".model")) == []
+
+
+def test_compile_records_that_the_graphs_tensorrt_would_get_keep_its_documented_rules(package, tiny_bert_package):
+    import json
+
+    from trtcompile.inspect import describe
+
+    for pkg in (package, tiny_bert_package):  # a static-cache decoder (its Ifs inlined first) and an encoder
+        assert import_check(pkg / "model.onnx") == []
+        manifest = json.loads((pkg / "manifest.json").read_text())
+        assert manifest["build"]["tensorrt_import_check"] == []  # no TensorRT here: compile ran the check
+        assert "TensorRT import check: passed" in describe(pkg)

@@ -17,6 +17,7 @@ from one_matmul import one_matmul_model, tied_head_model
 from onnx import helper, numpy_helper
 from tiny_onnx import export, token_feeds
 
+from trtcompile.build.tensorrt_rules import import_problems
 from trtcompile.errors import UserError
 from trtcompile.graph_check import check_graph
 from trtcompile.passes import ModelInfo, PassContext
@@ -95,6 +96,12 @@ def test_int4_numerics_match_numpy_dequantize_then_matmul():
         scale = inits[dq.input[1]]
         zero = inits[dq.input[2]].astype(np.int64) if len(dq.input) > 2 else None
         assert ints.min() >= (-8 if symmetric else 0) and ints.max() <= (7 if symmetric else 15)
+        # TensorRT takes symmetric INT4 only: the import check (build/tensorrt_rules.py) says so for uint4.
+        problems = import_problems(q)
+        if symmetric:
+            assert problems == []
+        else:
+            assert len(problems) == 1 and "a non-zero zero point" in problems[0], problems
         w_ref = _dequantize(ints, scale, block, zero)
         # Round to nearest: every weight within half a step of its dequantized value.
         assert np.all(np.abs(w - w_ref) <= np.repeat(scale, block, axis=0) / 2 + 1e-6)

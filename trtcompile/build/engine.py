@@ -22,10 +22,10 @@ import contextlib
 import hashlib
 import os
 import re
+import sys
 import time
 from pathlib import Path
 
-from trtcompile.build.tensorrt_graph import graph_for_tensorrt
 from trtcompile.errors import UserError
 from trtcompile.runtime.shapes import Bucket, TensorSpec
 from trtcompile.settings import ENGINE_LAYOUTS, HARDWARE_COMPATIBILITY, TENSORRT_RUNTIMES, BuildSettings
@@ -143,13 +143,22 @@ def _write_atomic(path: Path, data) -> None:
 
 def _parse(trt, builder, logger, onnx_path: Path, inputs: list[TensorSpec]):
     network = builder.create_network(0)  # TensorRT 11: always strongly typed, no flags needed
+    from trtcompile.build.tensorrt_graph import graph_for_tensorrt, tensorrt_model
+    from trtcompile.build.tensorrt_rules import import_problems
+
     parser = trt.OnnxParser(network, logger)
-    with graph_for_tensorrt(onnx_path) as path:  # the static cache's ORT-only Ifs inlined
+    model, inlined = tensorrt_model(onnx_path)  # the static cache's ORT-only Ifs inlined
+    problems = import_problems(model)
+    for problem in problems:  # the documented rules; the parser below has the last word
+        sys.stderr.write(f"trtcompile: TensorRT import check: {problem}\n")
+    with graph_for_tensorrt(onnx_path, model, inlined) as path:
         parsed = parser.parse_from_file(str(path))
+    del model
     if not parsed:
         errors = [_parser_error_text(parser.get_error(i)) for i in range(parser.num_errors)]
+        documented = "".join(f"\n    (documented rule) {p}" for p in problems)
         raise UserError(f"TensorRT {trt.__version__}'s ONNX parser rejected {str(onnx_path)!r}:\n    "
-                        + "\n    ".join(errors or [logger.take_errors() or "no details"]),
+                        + "\n    ".join(errors or [logger.take_errors() or "no details"]) + documented,
                         hint="check that every op above is in TensorRT's ONNX operator support list; re-export "
                              "with another opset, or skip the pass that made the node (--disable-pass NAME)")
     names = [network.get_input(i).name for i in range(network.num_inputs)]

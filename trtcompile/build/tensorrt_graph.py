@@ -14,16 +14,33 @@ import os
 from pathlib import Path
 
 
-@contextlib.contextmanager
-def graph_for_tensorrt(onnx_path: Path):
-    """Yields the path TensorRT should parse: `onnx_path` itself, or a rewritten copy beside it."""
+def tensorrt_model(onnx_path: Path):
+    """(the graph TensorRT gets, without its weights; how many cache-read Ifs it lost)."""
     import onnx
 
     from trtcompile.passes.read_cache_in_place import inline_prefix_reads
 
-    onnx_path = Path(onnx_path)
     model = onnx.load(str(onnx_path), load_external_data=False)
-    if not inline_prefix_reads(model):
+    return model, inline_prefix_reads(model)
+
+
+def import_check(onnx_path: Path) -> list[str]:
+    """What TensorRT's parser is documented to reject in the graph it would get (build/tensorrt_rules.py)."""
+    from trtcompile.build.tensorrt_rules import import_problems
+
+    return import_problems(tensorrt_model(onnx_path)[0])
+
+
+@contextlib.contextmanager
+def graph_for_tensorrt(onnx_path: Path, model=None, inlined: int | None = None):
+    """Yields the path TensorRT should parse: `onnx_path` itself, or a rewritten copy beside it
+    (`model`, `inlined`: tensorrt_model's result when the caller has it already)."""
+    import onnx
+
+    onnx_path = Path(onnx_path)
+    if model is None:
+        model, inlined = tensorrt_model(onnx_path)
+    if not inlined:
         yield onnx_path
         return
     variant = onnx_path.with_name(f".{onnx_path.stem}.tensorrt.{os.getpid()}.onnx")

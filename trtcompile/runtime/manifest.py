@@ -249,6 +249,8 @@ def parse(data, origin: str = MANIFEST) -> Schema:
     build = r.get(data, "build", "", dict, required=False)
     if build is not None:
         r.get(build, "engines_skipped", "build", str, required=False)
+        for i, problem in enumerate(r.get(build, "tensorrt_import_check", "build", list, required=False) or []):
+            r.check(problem, f"build.tensorrt_import_check[{i}]", str)
         for stage, seconds in (r.get(build, "timings_s", "build", dict, required=False) or {}).items():
             r.check(seconds, f"build.timings_s.{stage}", (int, float))
     profile = r.get(data, "profile", "", dict, required=False) or {}
