@@ -13,6 +13,7 @@ import pytest
 from helpers import cosine, ort_run
 from tiny_onnx import export, token_feeds
 
+from trtcompile.build.tensorrt_rules import import_problems
 from trtcompile.graph.check import check_graph
 from trtcompile.passes import PassContext
 from trtcompile.passes.convert_fp16 import convert_bf16, convert_fp16, convert_float
@@ -33,6 +34,7 @@ def _convert(model: onnx.ModelProto, fn=convert_fp16, **settings):
 def test_fp16_family_matches_fp32(family, batch):
     model = export(family)
     fp16, ctx = _convert(model)
+    assert import_problems(fp16) == []  # TensorRT's documented rules
     for feed in token_feeds(2, batch, 16, seed=1):
         ref = next(iter(ort_run(model, feed).values()))
         got = next(iter(ort_run(fp16, feed).values()))

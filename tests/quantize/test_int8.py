@@ -14,6 +14,7 @@ import pytest
 from helpers import cosine, ort_run
 from tiny_onnx import export, token_feeds
 
+from trtcompile.build.tensorrt_rules import import_problems
 from trtcompile.errors import UserError
 from trtcompile.graph.check import check_graph
 from trtcompile.passes import ModelInfo, PassContext
@@ -64,6 +65,7 @@ def _check_structure(q: onnx.ModelProto, ctx) -> gs.Graph:
 def test_int8_family_matches_fp32(family, method, alpha):
     model, q, ctx, ev = _quantize(family, method=method, smoothquant_alpha=alpha)
     graph = _check_structure(q, ctx)
+    assert import_problems(q) == []  # TensorRT's documented rules (Q/DQ zero points 0, ...)
     matmuls = [n for n in graph.nodes if n.op in ("MatMul", "Gemm")]
     assert len(ctx.report.matched) == len(matmuls)  # every linear layer of these graphs is INT8
     for feed in ev:
