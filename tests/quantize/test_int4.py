@@ -407,3 +407,36 @@ def test_awq_keeps_the_cache_unscaled_by_default(monkeypatch):
         assert any("V columns" in note for note in ctx.report.notes) == fold, ctx.report.notes
         caches[fold] = min(cosine(ort_run(q, f)["present_value"], ort_run(model, f)["present_value"]) for f in ev)
     assert caches[False] > 0.99 and caches[True] < caches[False] - 0.01, caches
+
+
+def test_an_embedding_no_float_matmul_reads_is_stored_fp16(monkeypatch):
+    """With the LM head INT4 the embedding table is read by its Gather alone: stored FP16 (+ a Cast
+    back), half its bytes; a float tied head keeps it FP32 (the head would cast all of it per step)."""
+    from trtcompile.quantize import int4
+
+    monkeypatch.setattr(int4, "_HALF_TABLE_MIN_ELEMENTS", 0)  # the tiny table counts as big
+    rng = np.random.default_rng(4)
+    vocab, hidden = 64, 32
+    emb = rng.standard_normal((vocab, hidden)).astype(np.float32)
+    w = rng.standard_normal((hidden, hidden)).astype(np.float32) * 0.2
+    model = tied_head_model(emb, w)
+    ids = rng.integers(0, vocab, (1, 5)).astype(np.int64)
+    results = {}
+    for int4_head in (False, True):
+        ctx = PassContext()
+        q = quantize_int4(model, None, CalibrationSettings(int4_method="rtn", int4_block_size=32,
+                                                           int4_lm_head=int4_head), ctx)
+        inits = _initializers(q)
+        gather = next(n for n in q.graph.node if n.op_type == "Gather")
+        results[int4_head] = ort_run(q, {"ids": ids})["logits"]
+        if not int4_head:
+            assert inits["E"].dtype == np.float32  # the float head reads it too
+            continue
+        assert inits[gather.input[0]].dtype == np.float16
+        np.testing.assert_array_equal(inits[gather.input[0]], emb.astype(np.float16))
+        (cast,) = [n for n in q.graph.node if gather.output[0] in n.input]
+        assert cast.op_type == "Cast" and cast.attribute[0].i == onnx.TensorProto.FLOAT
+        assert any("stored FP16" in note for note in ctx.report.notes), ctx.report.notes
+        assert import_problems(q) == []
+    reference = ort_run(model, {"ids": ids})["logits"]
+    assert cosine(results[True], reference) > 0.99 and cosine(results[False], reference) > 0.99

@@ -8,7 +8,8 @@
 TensorRT imports this as its INT4 weight-only GEMM (block quantization is INT4-only; its
 DequantizeLayer takes no non-zero zero point, so symmetric is the default and the TensorRT form);
 ONNX Runtime on CPU fuses exactly this pair into `MatMulNBits`, so one graph serves both. One DQ
-per MatMul; the graph's other ops, the embedding Gather included, are untouched. The activations
+per MatMul; the graph's other ops are untouched, except that an embedding table no float MatMul
+reads is stored FP16 (`_half_gather_tables`). The activations
 around the DQ stay float: with `--int4-activations fp16` (default, TensorRT's fast path) the
 optimize stage runs `convert_fp16` as the next pipeline step, with the same FP32 islands as
 `--precision fp16`.
@@ -113,6 +114,7 @@ def quantize_int4(model: onnx.ModelProto, calibration: list[dict[str, np.ndarray
     graph = with_types(to_graph(fp32_model))
     choices = _search(graph, targets, rows, means, settings, report) if awq else {}
     _write(graph, targets, rows, choices, settings, report, grams)
+    _half_gather_tables(graph, report)
     if graph.opset < 21:
         report.note(f"opset raised from {graph.opset} to 21 (block-quantized DequantizeLinear)")
         graph.opset = 21
@@ -207,6 +209,40 @@ def _search(graph: gs.Graph, targets, rows, means, settings: CalibrationSettings
                     f"1/s {how}")
     graph.cleanup().toposort()
     return scaled
+
+
+# A float table read by Gathers alone at least this big is stored FP16 (the token embedding).
+_HALF_TABLE_MIN_ELEMENTS = 1 << 20
+
+
+def _half_gather_tables(graph: gs.Graph, report) -> None:
+    """Store a big FP32 table that only Gathers read (the token embedding, once the LM head is INT4
+    or untied) in FP16, with a Cast back to FP32 after each Gather: it is most of what an INT4
+    package still holds in FP32 (SmolLM2: 113 of 180 MB). Standard ONNX (Gather on an FP16
+    constant, Cast), which TensorRT imports as it is. A table the float LM head also reads (tied,
+    the default) stays FP32: the head would otherwise cast all of it on every step."""
+    for table in [t for t in graph.tensors().values() if isinstance(t, gs.Constant)]:
+        values = table.values
+        if values.dtype != np.float32 or values.ndim != 2 or values.size < _HALF_TABLE_MIN_ELEMENTS:
+            continue
+        readers = list(table.outputs)
+        if not readers or any(n.op != "Gather" or n.inputs[0] is not table
+                              or int(n.attrs.get("axis", 0)) != 0 for n in readers):
+            continue
+        half = values.astype(np.float16)
+        if not np.isfinite(half).all():
+            report.note(f"{table.name} kept FP32: values beyond FP16's range")
+            continue
+        table.values = half
+        for gather in readers:
+            rows = gather.outputs[0]
+            stored = gs.Variable(f"{rows.name}_fp16", dtype=np.float16, shape=rows.shape)
+            gather.outputs[0] = stored
+            graph.nodes.append(gs.Node("Cast", name=f"{gather.name}_to_fp32", attrs={"to": onnx.TensorProto.FLOAT},
+                                       inputs=[stored], outputs=[rows]))
+        report.note(f"{table.name} {list(values.shape)} stored FP16, read by {len(readers)} Gather(s) then cast "
+                    f"to FP32 ({values.nbytes / 2**20:.0f} -> {half.nbytes / 2**20:.0f} MiB)")
+    graph.toposort()
 
 
 def _write(graph: gs.Graph, targets, rows, scaled: dict, settings: CalibrationSettings, report,
