@@ -142,10 +142,10 @@ def _write_atomic(path: Path, data) -> None:
 
 
 def _parse(trt, builder, logger, onnx_path: Path, inputs: list[TensorSpec]):
-    network = builder.create_network(0)  # TensorRT 11: always strongly typed, no flags needed
     from trtcompile.build.tensorrt_graph import graph_for_tensorrt, tensorrt_model
     from trtcompile.build.tensorrt_rules import import_problems
 
+    network = builder.create_network(0)  # TensorRT 11: always strongly typed, no flags needed
     parser = trt.OnnxParser(network, logger)
     model, inlined = tensorrt_model(onnx_path)  # the static cache's ORT-only Ifs inlined
     problems = import_problems(model)
