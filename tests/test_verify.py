@@ -80,3 +80,51 @@ def test_a_static_cache_case_shrinks_the_batch_not_the_context():
     # 8 rows: 778 MB of present outputs; 1 row: 97 MB, under the 128 MB of a case
     assert top["batch"] == 1 and top["kv_sequence"] >= 1024, top
     assert 30 * 2 * 3 * 2112 * 64 * 4 * top["batch"] <= MAX_CASE_BYTES
+
+
+def test_quantized_packages_are_held_to_finite_values_where_a_case_reads_a_random_cache(tmp_path):
+    """A reference whose logits disagree completely (sign flipped) on the cases that read random cache
+    slots: fails FP32's bounds, passes INT4's (finite, shaped), and a NaN there fails INT4 too."""
+    from decoder_packages import compiled_decoder
+
+    from trtcompile import runtime
+    from trtcompile.compile import reference_source
+    from trtcompile.settings import VerifySettings
+    from trtcompile.verify import describe_failure, summary_line, verify
+
+    package = compiled_decoder("llama", tmp_path)
+    with runtime.load(package, backend="onnxruntime", threads=1) as model:
+        generation = model.manifest.data["generation"]
+        source = reference_source(model.manifest.schema.model.source, given=False, trust_remote_code=False,
+                                  what="the test package", generation=generation)
+
+        def diverging(poison):
+            def reference(feeds):
+                outputs = source.reference(feeds)
+                if int(feeds["cache_position"].max()) > 0:  # new tokens after random cache slots
+                    outputs = {**outputs, "logits": poison(np.asarray(outputs["logits"]))}
+                return outputs
+            return reference
+
+        flipped, nan = diverging(lambda x: -x), diverging(lambda x: np.full_like(x, np.nan))
+        strict = verify(model, flipped, precision="fp32", settings=VerifySettings())
+        lenient = verify(model, flipped, precision="int4", settings=VerifySettings())
+        poisoned = verify(model, nan, precision="int4", settings=VerifySettings())
+    assert not strict["passed"] and "logits" in describe_failure(strict)
+    assert lenient["passed"], summary_line(lenient)
+    checked = [c for c in lenient["cases"] if "checked" in c]
+    assert checked and len(checked) < len(lenient["cases"])  # prefill-only cases keep the bounds
+    assert all(c["outputs"]["logits"]["cosine"] < -0.99 for c in checked)
+    assert lenient["worst"]["logits"]["min_cosine"] > 0.99  # the finite-only cases are not in "worst"
+    assert "checked for finite values only" in summary_line(lenient)
+    assert not poisoned["passed"] and "is not finite" in describe_failure(poisoned)
+
+
+def test_a_nan_anywhere_is_an_infinite_error():
+    from trtcompile.verify import compare
+
+    for bad in (np.nan, np.inf):
+        actual = np.array([bad, 1.0, 2.0], np.float32)
+        assert compare(actual, np.array([0.0, 1.0, 2.0], np.float32))["max_abs"] == float("inf")
+        assert compare(np.array([0.0, 1.0, 2.0], np.float32), actual)["max_abs"] == float("inf")
+    assert compare(np.array([1.0, 2.0]), np.array([1.0, 2.5]))["max_abs"] == 0.5

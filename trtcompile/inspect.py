@@ -59,6 +59,9 @@ def describe(target: Path, *, as_json: bool = False, show_passes: bool = False) 
         lines += ["", f"accuracy  vs reference on {len(acc['cases'])} shapes ({acc['backend']}, {acc['rule']})"]
         for name, w in acc["worst"].items():
             lines.append(f"  {name:<28} max abs {w['max_abs']:.3g}  min cosine {w['min_cosine']:.6f}")
+        for case in acc["cases"]:
+            if isinstance(case, dict) and case.get("checked"):
+                lines.append(f"  {case.get('bucket')} {case.get('dims')}: {case['checked']}")
     timings = (data.get("build") or {}).get("timings_s") or {}
     if timings:
         peaks = data.get("build", {}).get("peak_rss_mib")
