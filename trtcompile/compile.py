@@ -118,8 +118,13 @@ def package_stage(model: onnx.ModelProto, out: Path, *, reports: list, warnings:
             progress.line(f"[yellow]no engines:[/yellow] {reason.split(';')[0].split('. ')[0]}; packaged "
                           f"model.onnx for the ONNX Runtime backend (--require-engine makes this an error)")
             # Without a parser here, check the graph TensorRT would get against its documented rules.
-            problems = import_check(pkg.path(MODEL_FILE))
-            manifest["build"]["tensorrt_import_check"] = problems
+            try:
+                problems = import_check(pkg.path(MODEL_FILE))
+            except Exception as exc:  # advisory: a check that cannot read the graph must not fail the compile
+                problems = None
+                progress.line(f"[yellow]TensorRT import check could not run:[/yellow] {type(exc).__name__}: {exc}")
+            else:
+                manifest["build"]["tensorrt_import_check"] = problems
             if problems:
                 progress.line(f"[yellow]TensorRT import check:[/yellow] {len(problems)} documented rule(s) broken, "
                               f"e.g. {problems[0]} (all in the manifest: `trtcompile inspect`)")
@@ -240,6 +245,31 @@ def verify_package(package: Path, *, source: str | None = None, backend: str = "
                         _verify_settings(manifest.precision, atol), progress, backend=backend, hint=VERIFY_HINT)
 
 
+def float_precision(optimize: OptimizeSettings, calibration: CalibrationSettings) -> str:
+    """What the graph's float activations end up in: fp16 for --precision fp16, INT4 with FP16
+    activations, and INT8/FP8 with the rest FP16; else fp32 (bf16 for --precision bf16)."""
+    if optimize.precision in ("fp16", "bf16"):
+        return optimize.precision
+    if optimize.precision == "int4":
+        return calibration.int4_activations
+    if optimize.precision in ("int8", "fp8"):
+        return calibration.float_precision
+    return "fp32"
+
+
+def with_cache_dtype(export: ExportSettings, optimize: OptimizeSettings,
+                     calibration: CalibrationSettings) -> ExportSettings:
+    """`--kv-cache-dtype auto` for a static cache: FP16 when the graph computes in FP16. An FP32 cache
+    there would reach TensorRT's KV-cache update through Casts, but the layer updates a network input
+    in place (build/tensorrt_rules.py flags it: 120 problems for SmolLM2 INT4), and ONNX Runtime would
+    cast the whole cache every step. BF16 keeps FP32 (a BF16 cache cannot be verified here)."""
+    from dataclasses import replace
+
+    if export.kv_cache != "static" or export.kv_cache_dtype not in (None, "auto"):
+        return export
+    return replace(export, kv_cache_dtype="fp16") if float_precision(optimize, calibration) == "fp16" else export
+
+
 def compile_package(spec: str, out: Path, *, profile_path: Path | None = None,
                     export: ExportSettings = ExportSettings(), optimize: OptimizeSettings = OptimizeSettings(),
                     calibration: CalibrationSettings = CalibrationSettings(), build: BuildSettings = BuildSettings(),
@@ -247,6 +277,7 @@ def compile_package(spec: str, out: Path, *, profile_path: Path | None = None,
     from trtcompile.preflight import check_options
 
     progress = progress or Progress(quiet=True)
+    export = with_cache_dtype(export, optimize, calibration)
     # Everything the options alone can tell, before minutes of export.
     check_options(export=export, optimize=optimize, calibration=calibration, build=build, package_out=Path(out))
     stage_file = _stage_file(spec)

@@ -90,3 +90,27 @@ def test_compile_records_that_the_graphs_tensorrt_would_get_keep_its_documented_
         manifest = json.loads((pkg / "manifest.json").read_text())
         assert manifest["build"]["tensorrt_import_check"] == []  # no TensorRT here: compile ran the check
         assert "TensorRT import check: passed" in describe(pkg)
+
+
+def test_an_fp16_graph_gets_an_fp16_cache_that_tensorrt_can_update_in_place(tmp_path):
+    """--precision fp16 with the default --kv-cache-dtype auto: the cache inputs and outputs are FP16
+    themselves, not FP32 behind Casts (which TensorRT's KV-cache update cannot take), and it generates."""
+    import json
+
+    from tiny_models import save_checkpoint
+
+    from trtcompile import runtime
+    from trtcompile.compile import compile_package
+    from trtcompile.settings import OptimizeSettings
+
+    checkpoint = save_checkpoint("llama", tmp_path / "llama")
+    out = tmp_path / "fp16"
+    compile_package(str(checkpoint), out, optimize=OptimizeSettings(precision="fp16"))
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["generation"]["kv_cache_dtype"] == "float16"
+    past = [t for t in manifest["inputs"] if t["name"].startswith("past_key_values.")]
+    assert past and all(t["dtype"] == "float16" for t in past)
+    assert manifest["build"]["tensorrt_import_check"] == []
+    with runtime.load(out, backend="onnxruntime", threads=1) as model:
+        tokens = model.generate(np.array([[1, 5, 9, 2]], np.int64), max_new_tokens=6)
+    assert tokens.shape == (1, 10)

@@ -148,7 +148,7 @@ def _parse(trt, builder, logger, onnx_path: Path, inputs: list[TensorSpec]):
     network = builder.create_network(0)  # TensorRT 11: always strongly typed, no flags needed
     parser = trt.OnnxParser(network, logger)
     model, inlined = tensorrt_model(onnx_path)  # the static cache's ORT-only Ifs inlined
-    problems = import_problems(model)
+    problems = import_problems(model, base_dir=str(Path(onnx_path).parent))
     for problem in problems:  # the documented rules; the parser below has the last word
         sys.stderr.write(f"trtcompile: TensorRT import check: {problem}\n")
     with graph_for_tensorrt(onnx_path, model, inlined) as path:

@@ -28,7 +28,7 @@ def import_check(onnx_path: Path) -> list[str]:
     """What TensorRT's parser is documented to reject in the graph it would get (build/tensorrt_rules.py)."""
     from trtcompile.build.tensorrt_rules import import_problems
 
-    return import_problems(tensorrt_model(onnx_path)[0])
+    return import_problems(tensorrt_model(onnx_path)[0], base_dir=str(Path(onnx_path).parent))
 
 
 @contextlib.contextmanager

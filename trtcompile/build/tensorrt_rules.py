@@ -41,8 +41,9 @@ ZERO_POINT = {"QuantizeLinear": 2, "DequantizeLinear": 2}
 CACHE_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
 
 
-def import_problems(model: onnx.ModelProto) -> list[str]:
-    """One line per documented rule the graph breaks, naming the node; [] when none does."""
+def import_problems(model: onnx.ModelProto, base_dir: str | None = None) -> list[str]:
+    """One line per documented rule the graph breaks, naming the node; [] when none does. `base_dir`:
+    where the model's external data lives, for the few constants a rule reads (zero points)."""
     graph = model.graph
     constants = {t.name: t for t in graph.initializer}
     for node in graph.node:
@@ -54,7 +55,7 @@ def import_problems(model: onnx.ModelProto) -> list[str]:
     outputs = {v.name for v in graph.output}
     problems = []
     for node in graph.node:
-        problems += _node_problems(node, constants, shapes, inputs, outputs)
+        problems += _node_problems(node, constants, shapes, inputs, outputs, base_dir)
     return problems
 
 
@@ -63,7 +64,8 @@ def _rank(shapes: dict, name: str) -> int | None:
     return len(tensor.shape.dim) if tensor is not None and tensor.HasField("shape") else None
 
 
-def _node_problems(node, constants: dict, shapes: dict, inputs: dict, outputs: set) -> list[str]:
+def _node_problems(node, constants: dict, shapes: dict, inputs: dict, outputs: set,
+                   base_dir: str | None = None) -> list[str]:
     where = f"node {node.name or '(unnamed)'!r} ({node.op_type})"
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
     given = [i for i in node.input]
@@ -77,8 +79,12 @@ def _node_problems(node, constants: dict, shapes: dict, inputs: dict, outputs: s
         found.append(f"{where}: its axes input {given[axes]!r} is computed at run time; TensorRT needs a constant")
     zero = ZERO_POINT.get(node.op_type)
     if zero is not None and len(given) > zero and given[zero]:
-        value = constants.get(given[zero])
-        if value is None or np.any(numpy_helper.to_array(value).astype(np.float64) != 0):
+        tensor = constants.get(given[zero])
+        value = _values(tensor, base_dir) if tensor is not None else None
+        if tensor is None:
+            found.append(f"{where}: its zero point {given[zero]!r} is computed at run time; TensorRT needs a "
+                         f"constant zero")
+        elif value is not None and np.any(value.astype(np.float64) != 0):
             found.append(f"{where}: a non-zero zero point; TensorRT takes symmetric quantization only")
     if node.op_type == "Attention":
         found += _attention(where, given, attrs, shapes)
@@ -91,8 +97,17 @@ def _node_problems(node, constants: dict, shapes: dict, inputs: dict, outputs: s
             if isinstance(sub, onnx.GraphProto):
                 inner = {**constants, **{t.name: t for t in sub.initializer}}
                 for inner_node in sub.node:
-                    found += _node_problems(inner_node, inner, shapes, inputs, outputs)
+                    found += _node_problems(inner_node, inner, shapes, inputs, outputs, base_dir)
     return found
+
+
+def _values(tensor, base_dir: str | None) -> np.ndarray | None:
+    """A constant's values, read from the model's external data where they are stored there (None
+    when they are there and `base_dir` is not given: unknown, so no rule fires on them)."""
+    external = tensor.data_location == onnx.TensorProto.EXTERNAL
+    if external and base_dir is None:
+        return None
+    return numpy_helper.to_array(tensor, base_dir=base_dir or "")
 
 
 def _attention(where: str, given: list[str], attrs: dict, shapes: dict) -> list[str]:
