@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import gc
+import mmap
 import re
 
 import numpy as np
@@ -82,9 +83,11 @@ def test_a_background_collapse_backs_the_same_memory_after_the_block_and_can_be_
     # Stopped before its first call (as a backend closing at once does): it ends without collapsing.
     with huge_pages.NewMemory(background=True) as early:
         early._stopping.set()
-        fresh = np.ones(64 * MiB // 8)  # a new mapping (above glibc's mmap threshold), touched
+        # A new anonymous mapping for certain (malloc may serve even 64 MiB from memory it holds).
+        fresh = mmap.mmap(-1, 64 * MiB, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        fresh.write(b"x" * (64 * MiB))
     early.stop()
-    del fresh
+    fresh.close()
     assert early.wait(timeout=0) and early.collapsed == 0 and early.advised >= 62 * MiB
 
 
