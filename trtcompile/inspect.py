@@ -35,6 +35,8 @@ def describe(target: Path, *, as_json: bool = False, show_passes: bool = False) 
         if check is not None:  # the graph TensorRT would get, against its documented rules (build/tensorrt_rules.py)
             lines.append(f"  TensorRT import check: {'passed' if not check else f'{len(check)} problem(s)'}")
             lines += [f"    {problem}" for problem in check]
+        elif (target / manifest.data.get("model_file", "model.onnx")).is_file():  # compiled before the check
+            lines += [f"  {line}" for line in _import_check_lines(target / manifest.data.get("model_file", "model.onnx"))]
     for e in data.get("engines", []):
         flags = e.get("build_flags", {})
         served = ", ".join(f"{p['bucket']} (profile {p['index']})" for p in _profiles(e))
@@ -133,4 +135,17 @@ def _describe_onnx(path: Path) -> str:
             lines.append("passes " + ", ".join(f"{p.get('name')} {p.get('matched')}" for p in stage.passes))
         if stage.timings:
             lines.append("timings " + ", ".join(f"{k} {v:.1f} s" for k, v in stage.timings.items()))
+    lines += _import_check_lines(path)
     return "\n".join(lines)
+
+
+def _import_check_lines(path: Path) -> list[str]:
+    """The graph TensorRT would get from `path`, against its documented rules (build/tensorrt_rules.py)."""
+    from trtcompile.build.tensorrt_graph import import_check
+
+    try:
+        problems = import_check(path)
+    except Exception as exc:  # advisory: inspect still shows everything else
+        return [f"TensorRT import check could not run: {type(exc).__name__}: {exc}"]
+    return [f"TensorRT import check: {'passed' if not problems else f'{len(problems)} problem(s)'}",
+            *(f"  {problem}" for problem in problems)]

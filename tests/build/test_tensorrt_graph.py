@@ -114,3 +114,18 @@ def test_an_fp16_graph_gets_an_fp16_cache_that_tensorrt_can_update_in_place(tmp_
     with runtime.load(out, backend="onnxruntime", threads=1) as model:
         tokens = model.generate(np.array([[1, 5, 9, 2]], np.int64), max_new_tokens=6)
     assert tokens.shape == (1, 10)
+
+
+def test_inspect_runs_the_check_on_an_onnx_file_and_on_a_package_compiled_before_it(package, tmp_path):
+    import json
+    import shutil
+
+    from trtcompile.inspect import describe
+
+    assert "TensorRT import check: passed" in describe(package / "model.onnx")
+    older = tmp_path / "older"
+    shutil.copytree(package, older)
+    manifest = json.loads((older / "manifest.json").read_text())
+    del manifest["build"]["tensorrt_import_check"]
+    (older / "manifest.json").write_text(json.dumps(manifest))
+    assert "  TensorRT import check: passed" in describe(older)
