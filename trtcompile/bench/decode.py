@@ -131,13 +131,11 @@ class Cell(_Timed):
 
     def __init__(self, package: Path, context: int, rows: int, threads: int, kv_len: int | None, tmp: str | None,
                  spinning=None, huge_pages: bool = True):
-        from trtcompile.runtime.static_cache import kv_length
-
         self.package, self.context, self.profiled = package, context, tmp is not None
         self.session = _session(package / "model.onnx", threads, tmp and os.path.join(tmp, f"decode-{id(self)}"),
                                 spinning, huge_pages)
         self.cache, _ = _cache(package, self.session, rows)
-        self.kv_len = kv_len or kv_length(context + 1, self.cache.max_cache, self.cache.dtype.itemsize)
+        self.kv_len = kv_len or self.cache.kv_length(context + 1)  # what the scheduler would read
         self.ids = np.full((rows, 1), 42, np.int64)
         self.write = np.full(rows, context, np.int64)
         self.walls: list[float] = []

@@ -43,12 +43,17 @@ KV_STEP = 32
 WHOLE_CACHE_FROM = {2: 0.7, 4: 0.5}
 
 
+def prefix_length(needed: int, max_cache: int) -> int:
+    """The context rounded up to KV_STEP, at most the whole cache."""
+    return min(max_cache, -(-needed // KV_STEP) * KV_STEP)
+
+
 def kv_length(needed: int, max_cache: int, itemsize: int = 4) -> int:
-    """How many cache slots a call reads: the context rounded up to KV_STEP, or all of them (past
+    """How many cache slots a call reads on ONNX Runtime: the prefix, or all of them (past
     WHOLE_CACHE_FROM of a cache of `itemsize`-byte values)."""
     if needed > max_cache * WHOLE_CACHE_FROM.get(itemsize, 0.5):
         return max_cache
-    return min(max_cache, -(-needed // KV_STEP) * KV_STEP)
+    return prefix_length(needed, max_cache)
 
 
 class OrtStaticCache:
@@ -136,7 +141,7 @@ class DeviceStaticCache:
     def kv_length(self, needed: int) -> int:
         """Always a prefix: an engine's graph has no whole-cache read (build/tensorrt_graph.py), so
         reading every slot would only be a longer prefix."""
-        return min(self.max_cache, -(-needed // KV_STEP) * KV_STEP)
+        return prefix_length(needed, self.max_cache)
 
     def _zero(self, nbytes: int) -> None:
         # Slots past a row's length are masked, never read as values, but garbage there could be a
